@@ -1,0 +1,1 @@
+"""The `talaria` command line: tiny-model, cloud, proxy, up, eval, bench."""
