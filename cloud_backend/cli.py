@@ -1,0 +1,63 @@
+"""`talaria cloud`: load a checkpoint and serve masked linear calls."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (see configs/cloud.yaml)")
+    p.add_argument("--model", help="HF checkpoint: local directory or hub id")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8100)")
+    p.add_argument("--api-key", help="require this bearer token from the proxy")
+    p.add_argument("--device", help="torch device for weights and GEMMs (default cpu)")
+    p.add_argument("--compute-dtype", choices=["float64", "float32"], help="GEMM/wire dtype (default float64)")
+    p.add_argument("--mask-rank", type=int, help="ReMO rank m for every op (default 64)")
+    p.add_argument("--basis-seed", type=int, help="seed of the public ReMO bases (default 0)")
+    p.add_argument("--record", dest="record_dir", metavar="DIR", help="record every received call into DIR")
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def build_service(settings):
+    import torch
+
+    from cloud_backend.checkpoint import load_prepared_model
+    from cloud_backend.service import MaskedLinearService
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    dtype = getattr(torch, settings.compute_dtype)
+    model = load_prepared_model(settings.model, dtype=dtype, device=settings.device)
+    return MaskedLinearService(
+        model,
+        basis_seed=settings.basis_seed,
+        default_rank=settings.mask_rank,
+        rank_overrides=settings.mask_ranks,
+        record_dir=settings.record_dir,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from cloud_backend.settings import CloudSettings
+    from talaria_cli.config import ConfigError, exit_on_config_error, load_settings
+
+    flags = {k: getattr(args, k) for k in ("model", "host", "port", "api_key", "device", "compute_dtype",
+                                            "mask_rank", "basis_seed", "record_dir", "threads", "log_level")}
+    try:
+        settings = load_settings(CloudSettings, args.config, **flags)
+    except ConfigError as exc:
+        return exit_on_config_error(exc)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s cloud %(levelname)s %(message)s")
+    import uvicorn
+
+    from cloud_backend.server import build_app
+
+    service = build_service(settings)
+    if settings.record_dir:
+        logging.getLogger(__name__).warning("recording every received call into %s", settings.record_dir)
+    app = build_app(service, api_key=settings.api_key)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    return 0

@@ -1,0 +1,95 @@
+"""REST API of the cloud backend (protocol talaria/1).
+
+    GET  /health                      200 when ready
+    GET  /v1/manifest                 JSON Manifest
+    GET  /v1/recovery/{op}            safetensors {'basis': M_pub [m, d_in], 'recovery': R_pub [m, d_out]}
+    GET  /v1/cvm-params               safetensors: embedding table, RoPE inv_freq, q/k-norm gains
+    GET  /v1/tokenizer                JSON {filename: text}
+    POST /v1/linear/{op}              body safetensors {'x': [N, d_in]} -> {'y': [N, d_out]}
+
+{op} is '3.qkv', '3.o', '3.gate_up', '3.down' or 'lm_head'. Every response carries
+`x-talaria-fingerprint` so the proxy notices a cloud that came back with other weights or bases.
+Errors are JSON {"error": {"message", "type", "code"}} with a 4xx status for the caller's mistakes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from cloud_backend.service import LinearCallError, MaskedLinearService
+from talaria_wire import WireFormatError, decode_tensors, encode_tensors
+from talaria_wire.tensors import MEDIA_TYPE
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_HEADER = "x-talaria-fingerprint"
+
+
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
+
+
+def build_app(service: MaskedLinearService, api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="Talaria cloud backend", version=service.manifest.protocol)
+    fingerprint = service.manifest.fingerprint
+    cvm_blob = encode_tensors(
+        service.model.cvm_params, metadata={"attention_scaling": repr(service.model.attention_scaling)}
+    )
+
+    @app.middleware("http")
+    async def auth_and_fingerprint(request: Request, call_next):
+        if api_key and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return _error(401, "missing or invalid bearer token", "invalid_api_key")
+        response = await call_next(request)
+        response.headers[FINGERPRINT_HEADER] = fingerprint
+        return response
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "model": service.manifest.model_name, "fingerprint": fingerprint}
+
+    @app.get("/v1/manifest")
+    def manifest():
+        return service.manifest.model_dump()
+
+    @app.get("/v1/recovery/{op}")
+    def recovery(op: str):
+        if op not in service.recovery:
+            return _error(404, f"unknown op {op!r}", "unknown_op")
+        blob = encode_tensors({"basis": service.bases[op], "recovery": service.recovery[op]})
+        return Response(blob, media_type=MEDIA_TYPE)
+
+    @app.get("/v1/cvm-params")
+    def cvm_params():
+        return Response(cvm_blob, media_type=MEDIA_TYPE)
+
+    @app.get("/v1/tokenizer")
+    def tokenizer():
+        return service.model.tokenizer_files
+
+    @app.post("/v1/linear/{op}")
+    async def linear(op: str, request: Request):
+        body = await request.body()
+        try:
+            tensors = decode_tensors(body)
+            if set(tensors) != {"x"}:
+                raise WireFormatError(f"expected exactly one tensor named 'x', got {sorted(tensors)}")
+            t0 = time.perf_counter()
+            y = await run_in_threadpool(service.linear, op, tensors["x"])
+            elapsed_ms = (time.perf_counter() - t0) * 1e3
+        except WireFormatError as exc:
+            return _error(400, str(exc), "bad_body")
+        except LinearCallError as exc:
+            return _error(exc.status, str(exc), "unknown_op" if exc.status == 404 else "bad_tensor")
+        return Response(encode_tensors({"y": y}), media_type=MEDIA_TYPE, headers={"x-talaria-gemm-ms": f"{elapsed_ms:.3f}"})
+
+    return app

@@ -1,0 +1,25 @@
+"""Cloud backend settings (YAML `configs/cloud.yaml`, env `TALARIA_CLOUD_*`, CLI flags)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CloudSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TALARIA_CLOUD_", extra="forbid")
+
+    model: str = Field(..., description="HF checkpoint: local directory or hub id")
+    host: str = "127.0.0.1"  # bind address
+    port: int = Field(8100, ge=1, le=65535)
+    api_key: str | None = None  # bearer token the proxy must present (None: open)
+    device: str = "cpu"  # torch device for the weights and GEMMs, e.g. cuda:0
+    compute_dtype: Literal["float64", "float32"] = "float64"  # GEMM and wire dtype; float64 keeps ReMO lossless
+    mask_rank: int = Field(64, ge=1)  # default ReMO rank m of every op (capped at d_in - 1)
+    mask_ranks: dict[str, int] = Field(default_factory=dict)  # per op kind ('lm_head') or op ('3.qkv')
+    basis_seed: int = 0  # seed of the public bases M_pub (public by design)
+    record_dir: str | None = None  # write every received call here (privacy audit input)
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads (None: torch default)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,0 +1,68 @@
+"""The manifest: everything public the CVM needs to build the weight-free model and talk to the cloud."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ArchSpec(BaseModel):
+    """Architecture of a Llama/Mistral/Qwen2/Qwen3-family decoder, as the CVM needs it."""
+
+    family: str  # HF model_type: llama, mistral, qwen2, qwen3
+    hidden_size: int  # d
+    num_layers: int  # L
+    num_heads: int  # H (query heads)
+    num_kv_heads: int  # Hkv (GQA: H % Hkv == 0)
+    head_dim: int  # D
+    intermediate_size: int  # I (MLP width)
+    vocab_size: int  # V (rows of the embedding table and columns of the LM head)
+    rms_norm_eps: float
+    qk_norm: bool = False  # Qwen3: RMSNorm over each q/k head before RoPE (gains held by the CVM)
+    attention_bias: bool = False  # Qwen2: bias on q,k,v
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int
+    sliding_window: int | None = None  # attend to the last `sliding_window` positions only
+    rope_type: str = "default"  # informational; inv_freq itself ships in the CVM parameters
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = Field(default_factory=list)
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+
+class OpSpec(BaseModel):
+    """One outsourced linear op y = x W (+ b): W is [d_in, d_out]."""
+
+    name: str  # OpKey.name: '3.qkv' or 'lm_head'
+    d_in: int
+    d_out: int
+    bias: bool
+    rank: int  # ReMO rank m of this op's public basis (0 < m < d_in)
+
+
+class MaskingSpec(BaseModel):
+    """Public masking parameters: anyone (the cloud included) can rebuild M_pub from these."""
+
+    basis_seed: int
+    basis: str = "orthonormal-gaussian-v1"  # see talaria_wire.basis
+
+
+class Manifest(BaseModel):
+    protocol: str
+    model_name: str
+    fingerprint: str  # changes whenever weights, basis or ranks change; sent on every response
+    wire_dtype: str  # dtype of x~ and y~ on the wire (float64 keeps recovery lossless)
+    arch: ArchSpec
+    ops: list[OpSpec]
+    masking: MaskingSpec
+
+    def op(self, name: str) -> OpSpec:
+        for spec in self.ops:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
