@@ -285,7 +285,7 @@ def _generator(seed: int, name: str):
     return g
 
 
-def _init_tensor(name: str, shape, seed: int, hidden_size: int, tied: bool):
+def _init_tensor(name: str, shape, seed: int, hidden_size: int, tied: bool, used_vocab: int):
     """Draw one tensor.
 
     The scales are chosen so that activations stay O(1) through the layers and the final
@@ -293,7 +293,9 @@ def _init_tensor(name: str, shape, seed: int, hidden_size: int, tied: bool):
     random model are nearly flat and greedy decoding is decided by near-ties, which makes
     token-for-token comparisons against a reference fragile. Norm gains and biases are
     deliberately not at their trivial values (1 and 0) so that code folding norm gains into
-    the next projection, or handling biases, is actually exercised.
+    the next projection, or handling biases, is actually exercised. Vocabulary rows past
+    `used_vocab` (the tokenizer's size) are near zero, like untrained rows in real
+    checkpoints, so greedy decoding only ever picks tokens the tokenizer can decode.
     """
     import torch
 
@@ -301,20 +303,31 @@ def _init_tensor(name: str, shape, seed: int, hidden_size: int, tied: bool):
     randn = torch.randn(tuple(shape), generator=g, dtype=torch.float32)
     # lm_head rows of this scale turn a unit-RMS (normalized) hidden state into logits of std ~2.
     head_scale = 2.0 / hidden_size**0.5
-    # Everything added to the residual stream (embeddings, o_proj, down_proj) shares one
-    # scale. Tied embeddings are small (head_scale); if the sublayer outputs were O(1) they
-    # would drown the current token, and greedy decoding would fall into a fixed point.
-    residual_scale = head_scale if tied else 1.0
+    # Scales (per element) of what is added to the residual stream. Untied: all at unit scale.
+    # Tied: the embedding is also the lm_head, so it is small (head_scale); were it a large
+    # part of the final hidden state, every token would predict itself, and were everything
+    # else uniformly large, the current token would be drowned and greedy decoding would fall
+    # into a fixed point. Large MLP outputs (a random function of the token, from layer 0 on)
+    # with unit-scale attention outputs keep the output varied and context dependent.
+    if tied:
+        embed_scale, attn_out_scale, mlp_out_scale = head_scale, 1.0, 4.0
+    else:
+        embed_scale, attn_out_scale, mlp_out_scale = 1.0, 1.0, 1.0
     if name.endswith("norm.weight"):  # input/post-attention/final norms, Qwen3 q_norm/k_norm
         return 1.0 + 0.1 * randn
     if name.endswith(".bias"):
         return 0.2 * randn
-    if name.endswith("lm_head.weight"):
-        return randn * head_scale
-    if name.endswith("embed_tokens.weight"):
-        return randn * residual_scale
-    if randn.dim() == 2:  # nn.Linear weight [out, in]
-        out_scale = residual_scale if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
+    if name.endswith(("lm_head.weight", "embed_tokens.weight")):
+        scale = head_scale if name.endswith("lm_head.weight") else embed_scale
+        randn[used_vocab:] *= 0.01
+        return randn * scale
+    if randn.dim() == 2:  # nn.Linear weight [out, in], scaled by 1/sqrt(in) for a given output scale
+        if name.endswith("o_proj.weight"):
+            out_scale = attn_out_scale
+        elif name.endswith("down_proj.weight"):
+            out_scale = mlp_out_scale
+        else:  # q/k/v/gate/up: read a normalized input, produce unit-scale activations
+            out_scale = 1.0
         return randn * (out_scale / shape[1] ** 0.5)
     raise ValueError(f"no init rule for parameter {name} {tuple(shape)}")
 
@@ -334,7 +347,7 @@ def _parameter_shapes(config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _write_weights(path: Path, config, seed: int, log) -> None:
+def _write_weights(path: Path, config, seed: int, used_vocab: int, log) -> None:
     from safetensors.torch import save_file
 
     shapes = _parameter_shapes(config)
@@ -344,7 +357,9 @@ def _write_weights(path: Path, config, seed: int, log) -> None:
     done = 0
     next_report = 0.25
     for name in sorted(shapes):
-        tensors[name] = _init_tensor(name, shapes[name], seed, config.hidden_size, config.tie_word_embeddings)
+        tensors[name] = _init_tensor(
+            name, shapes[name], seed, config.hidden_size, config.tie_word_embeddings, used_vocab
+        )
         done += _numel(shapes[name])
         if total > 50_000_000 and done / total >= next_report:
             log(f"  {done / total:.0%} drawn")
@@ -399,6 +414,16 @@ def _install(tmp: Path, out: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def _apply_umask(directory: Path) -> None:
+    """mkdtemp creates the directory 0700 (and some writers use 0600); give the result the
+    modes a plain mkdir/open would have, so e.g. a service running as another user can read it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for f in directory.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
 def _stderr(msg: str) -> None:
     print(f"[tiny-model] {msg}", file=sys.stderr, flush=True)
 
@@ -437,7 +462,7 @@ def write_tiny_model(
         config = build_config(arch, size, len(tokenizer), special_ids)
 
         tokenizer.save_pretrained(tmp)
-        _write_weights(tmp / "model.safetensors", config, seed, log)
+        _write_weights(tmp / "model.safetensors", config, seed, len(tokenizer), log)
         GenerationConfig(
             bos_token_id=config.bos_token_id,
             eos_token_id=config.eos_token_id,
@@ -450,6 +475,7 @@ def write_tiny_model(
         )
         # config.json last: its presence is what marks a finished checkpoint.
         config.save_pretrained(tmp)
+        _apply_umask(tmp)
         _install(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,211 @@
+"""The async engine: requests in, tokens out, one batched model step at a time.
+
+    handle = engine.add_request(prompt_ids, params)   # raises before anything streams
+    async for event in engine.stream(handle): ...      # TokenEvent per generated token
+    engine.abort(handle)                               # leaves the batch before the next step
+
+The model step (4*L + 1 blocking cloud calls) runs in a worker thread so the event loop keeps
+serving HTTP; scheduling, sampling and event delivery happen on the loop, between steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+from talaria_proxy.errors import CloudError, TalariaError
+from talaria_proxy.model import SeqChunk, SplitModel
+from talaria_proxy.sampling import SampledToken, Sampler, SamplingParams
+from talaria_proxy.scheduler import Scheduler, SchedulerConfig, Sequence, SeqStatus
+
+log = logging.getLogger(__name__)
+
+
+class ContextLengthExceeded(ValueError):
+    pass
+
+
+class EngineStopped(TalariaError):
+    pass
+
+
+@dataclass
+class TokenEvent:
+    token: SampledToken | None  # None only on an error event
+    finish_reason: str | None = None  # 'stop' | 'length' on the last event
+    error: Exception | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    step_seconds: float = 0.0
+
+
+class AsyncEngine:
+    def __init__(self, model: SplitModel, config: SchedulerConfig | None = None, max_model_len: int | None = None):
+        self.model = model
+        self.scheduler = Scheduler(config or SchedulerConfig())
+        self.max_model_len = max_model_len or model.arch.max_position_embeddings
+        self.eos_ids = set(model.arch.eos_token_ids)
+        self.stats = EngineStats()
+        self._ids = itertools.count()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._accepting = True
+        self.last_error: Exception | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="talaria-engine")
+
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        """Refuse new requests, let in-flight ones finish (up to drain_timeout), then stop."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout
+        while self.scheduler.has_work() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+            self._finish(seq, TokenEvent(None, error=EngineStopped("server is shutting down")))
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    # -- requests ---------------------------------------------------------------------------
+    def add_request(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None) -> Sequence:
+        if not self._accepting:
+            raise EngineStopped("server is shutting down")
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) + params.max_tokens > self.max_model_len:
+            raise ContextLengthExceeded(
+                f"this model's maximum context length is {self.max_model_len} tokens; the request has "
+                f"{len(prompt_ids)} prompt tokens and asks for up to {params.max_tokens} more"
+            )
+        vocab = self.model.arch.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_ids):
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        seq = Sequence(
+            seq_id=request_id or f"seq-{next(self._ids)}",
+            prompt_ids=list(prompt_ids),
+            params=params,
+            sampler=Sampler(params, vocab),
+            max_len=self.max_model_len,
+            sink=asyncio.Queue(),
+        )
+        self.scheduler.add(seq)
+        self._wake.set()
+        return seq
+
+    async def stream(self, seq: Sequence):
+        """Yield TokenEvents until the last one; abort the sequence if the consumer goes away."""
+        try:
+            while True:
+                event: TokenEvent = await seq.sink.get()
+                yield event
+                if event.finish_reason is not None or event.error is not None:
+                    return
+        finally:
+            if seq.status is not SeqStatus.FINISHED:
+                self.abort(seq)
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str | None = None):
+        seq = self.add_request(prompt_ids, params, request_id)
+        async for event in self.stream(seq):
+            yield event
+
+    def abort(self, seq: Sequence) -> None:
+        """Mark for removal; it is dropped before the next step is planned."""
+        seq.aborted = True
+        if seq.status is SeqStatus.WAITING:
+            self.scheduler.remove(seq)
+        self._wake.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _finish(self, seq: Sequence, event: TokenEvent) -> None:
+        self.scheduler.remove(seq)
+        event.prompt_tokens = len(seq.prompt_ids)
+        event.completion_tokens = len(seq.output_ids)
+        seq.sink.put_nowait(event)
+
+    async def _loop(self) -> None:
+        while True:
+            for seq in [s for s in self.scheduler.running if s.aborted]:
+                self.scheduler.remove(seq)
+            if not self.scheduler.has_work():
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            plan = self.scheduler.schedule(self.model.new_cache)
+            if not plan:
+                await asyncio.sleep(0)
+                continue
+            chunks = [
+                SeqChunk(c.seq.cache, c.seq.all_ids[c.seq.num_computed : c.seq.num_computed + c.num_tokens],
+                         c.seq.num_computed, c.completes)
+                for c in plan
+            ]
+            t0 = time.perf_counter()
+            try:
+                logits = await asyncio.to_thread(self.model.forward, chunks)  # [B, V]
+            except Exception as exc:  # cloud down, protocol error: fail this step's sequences, keep serving
+                self.last_error = exc
+                if not isinstance(exc, CloudError):
+                    log.exception("model step failed")
+                else:
+                    log.error("model step failed: %s", exc)
+                for c in plan:
+                    self._finish(c.seq, TokenEvent(None, error=exc))
+                continue
+            self.last_error = None
+            self.stats.steps += 1
+            self.stats.step_seconds += time.perf_counter() - t0
+            row = 0
+            for c in plan:
+                seq = c.seq
+                if seq.num_computed < len(seq.prompt_ids):
+                    self.stats.prompt_tokens += c.num_tokens
+                seq.num_computed += c.num_tokens
+                if not c.completes:
+                    continue
+                seq_logits = logits[row]
+                row += 1
+                if seq.aborted or seq.status is SeqStatus.FINISHED:
+                    continue
+                self._emit(seq, seq.sampler.sample(seq_logits))
+
+    def _emit(self, seq: Sequence, sampled: SampledToken) -> None:
+        seq.output_ids.append(sampled.token_id)
+        self.stats.generated_tokens += 1
+        p = seq.params
+        tok = sampled.token_id
+        reason = None
+        if tok in p.stop_token_ids or (not p.ignore_eos and tok in self.eos_ids):
+            reason = "stop"
+        elif len(seq.output_ids) >= p.max_tokens or len(seq.all_ids) >= seq.max_len:
+            reason = "length"
+        event = TokenEvent(sampled, finish_reason=reason)
+        if reason is not None:
+            self._finish(seq, event)
+        else:
+            event.prompt_tokens = len(seq.prompt_ids)
+            event.completion_tokens = len(seq.output_ids)
+            seq.sink.put_nowait(event)

@@ -1,0 +1,97 @@
+"""Sampling in the CVM: logits of one sequence -> next token (+ logprobs).
+
+Order of logit processing (as vLLM): logit_bias, presence/frequency penalties (on generated
+tokens), then temperature, top-k, top-p. Temperature 0 is greedy. Logprobs are of the model's raw
+distribution (log_softmax of the unprocessed logits), as OpenAI reports them.
+
+Shape legend: V vocab.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16  # cap on generated tokens
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0  # nucleus mass kept, (0, 1]
+    top_k: int = 0  # keep the k most likely tokens; 0: all
+    seed: int | None = None  # per-request generator seed (reproducible sampling)
+    presence_penalty: float = 0.0  # subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # subtracted per occurrence of a generated token
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> additive bias
+    stop_token_ids: list[int] = field(default_factory=list)  # generation ends after one of these
+    ignore_eos: bool = False  # do not stop at the model's EOS tokens
+    logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token + k top alternatives
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise ValueError("top_logprobs must be between 0 and 20")
+
+
+@dataclass
+class SampledToken:
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None  # (token id, logprob), most likely first
+
+
+class Sampler:
+    """Per-sequence sampler: owns the sequence's random generator and its token counts."""
+
+    def __init__(self, params: SamplingParams, vocab_size: int):
+        self.params = params
+        self.generator = torch.Generator().manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
+        self.counts = torch.zeros(vocab_size)  # [V] occurrences of each generated token
+        self.bias = None
+        if params.logit_bias:
+            self.bias = torch.zeros(vocab_size)
+            for tok, b in params.logit_bias.items():
+                if not 0 <= int(tok) < vocab_size:
+                    raise ValueError(f"logit_bias token id {tok} is outside the vocabulary (0..{vocab_size - 1})")
+                self.bias[int(tok)] = float(b)
+
+    def sample(self, logits: torch.Tensor) -> SampledToken:
+        """logits: [V] float32."""
+        p = self.params
+        raw = logits
+        x = logits.clone()
+        if self.bias is not None:
+            x += self.bias
+        if p.presence_penalty or p.frequency_penalty:
+            x -= p.presence_penalty * (self.counts > 0).float() + p.frequency_penalty * self.counts
+        if p.temperature == 0:
+            token = int(torch.argmax(x))
+        else:
+            x = x / p.temperature
+            if p.top_k:
+                kth = torch.topk(x, min(p.top_k, x.numel())).values[-1]
+                x = x.masked_fill(x < kth, float("-inf"))
+            if p.top_p < 1:
+                sorted_x, order = torch.sort(x, descending=True)
+                probs = torch.softmax(sorted_x, dim=-1)
+                drop = probs.cumsum(-1) - probs > p.top_p  # keep the smallest prefix with mass >= top_p
+                x[order[drop]] = float("-inf")
+            token = int(torch.multinomial(torch.softmax(x, dim=-1), 1, generator=self.generator))
+        self.counts[token] += 1
+        out = SampledToken(token)
+        if p.logprobs is not None:
+            lp = torch.log_softmax(raw.float(), dim=-1)
+            out.logprob = float(lp[token])
+            if p.logprobs > 0:
+                vals, idx = torch.topk(lp, p.logprobs)
+                out.top_logprobs = list(zip(idx.tolist(), vals.tolist()))
+        return out
