@@ -17,6 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
+
+# The tiny test models are far too small for intra-op parallelism: with several threads the
+# OpenMP spin-waits of two processes on a 2-core machine make each op ~10x slower.
+torch.set_num_threads(1)
+SUBPROCESS_ENV = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 ARCHS = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -68,7 +74,7 @@ def start_talaria(command: str, args: list[str], log_path: Path, port: int | Non
     port = port or free_port()
     full = [sys.executable, "-m", "talaria_cli.main", command, *args, "--port", str(port)]
     log_file = open(log_path, "ab")
-    proc_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc_env = {**os.environ, **SUBPROCESS_ENV, **(env or {})}
     proc = subprocess.Popen(full, stdout=log_file, stderr=subprocess.STDOUT, env=proc_env)
     return ServerProcess(proc, f"http://127.0.0.1:{port}", log_path, full)
 

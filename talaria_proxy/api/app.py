@@ -1,0 +1,146 @@
+"""The proxy's OpenAI-compatible HTTP app.
+
+    POST /v1/chat/completions     chat, streamed (SSE) or not            API key when configured
+    POST /v1/completions          legacy text completions                 API key when configured
+    GET  /v1/models[/{id}]        the served model                        API key when configured
+    GET  /health                  200 ready / 503 cloud unreachable, starting or stopping (public)
+    GET  /metrics                 Prometheus text format (public, counts and timings only)
+
+`build_app(runtime, settings)` wires a built (not started) `ProxyRuntime` to the routes; the
+lifespan starts the engine and, on shutdown, stops it after uvicorn has let in-flight requests
+finish (uvicorn closes the listening socket first, so new connections are refused).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+
+from talaria_proxy.api.errors import (APIError, handle_api_error, handle_http_error, handle_unexpected,
+                                      handle_validation_error)
+from talaria_proxy.api.health import CloudHealth
+from talaria_proxy.api.metrics import CONTENT_TYPE, ProxyMetrics
+from talaria_proxy.api.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from talaria_proxy.api.serving_base import ServingConfig
+from talaria_proxy.api.serving_chat import OpenAIServingChat
+from talaria_proxy.api.serving_completions import OpenAIServingCompletion
+from talaria_proxy.runtime import ProxyRuntime
+from talaria_proxy.settings import ProxySettings
+
+log = logging.getLogger("talaria_proxy.api")
+
+
+class APIKeyMiddleware:
+    """Requires `Authorization: Bearer <key>` on /v1/*; plain ASGI so streaming is untouched.
+
+    CORS preflights (OPTIONS) pass: browsers send them without credentials.
+    """
+
+    def __init__(self, app, keys: list[str], prefix: str = "/v1"):
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+        self.prefix = prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix) and scope["method"] != "OPTIONS":
+            if not self._authorized(scope):
+                error = APIError(401, "invalid or missing API key; send 'Authorization: Bearer <key>'",
+                                 code="invalid_api_key", headers={"www-authenticate": "Bearer"})
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope) -> bool:
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        scheme, _, token = header.partition(b" ")
+        token = token.strip()
+        # Compare against every key (constant time each) so timing does not reveal which matched.
+        matches = [hmac.compare_digest(token, key) for key in self.keys]
+        return scheme.lower() == b"bearer" and any(matches)
+
+
+def build_app(runtime: ProxyRuntime, settings: ProxySettings, *, health_interval: float = 1.0) -> FastAPI:
+    # sse-starlette logs every event body at DEBUG: completion text must never reach a log.
+    logging.getLogger("sse_starlette").setLevel(max(logging.INFO, logging.getLogger("sse_starlette").level))
+    engine = runtime.engine
+    served = settings.served_model_name or runtime.manifest.model_name
+    config = ServingConfig(
+        served_model_name=served,
+        model_aliases=frozenset({runtime.manifest.model_name} - {served}),
+        max_n=settings.max_n,
+        request_timeout=settings.request_timeout,
+        system_fingerprint=f"talaria-{runtime.manifest.fingerprint[:16]}",
+    )
+    metrics = ProxyMetrics(runtime)
+    chat = OpenAIServingChat(engine, runtime.tokenizer, config, metrics, shutdown_grace=settings.shutdown_drain)
+    completions = OpenAIServingCompletion(engine, runtime.tokenizer, config, metrics,
+                                          shutdown_grace=settings.shutdown_drain)
+    ping = getattr(runtime.backend, "ping", None) or (lambda: True)  # in-process backends are always up
+    health = CloudHealth(ping, min_interval=health_interval)
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await engine.start()
+        app.state.ready = True
+        log.info("serving model '%s' (max context %d tokens, api keys %s)", served, engine.max_model_len,
+                 "on" if settings.api_keys else "off")
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            log.info("shutting down: draining the engine (up to %.0fs)", settings.shutdown_drain)
+            await engine.stop(settings.shutdown_drain)
+
+    app = FastAPI(title="Talaria proxy (OpenAI-compatible)", lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ready = False
+    app.add_exception_handler(APIError, handle_api_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_error)
+    app.add_exception_handler(Exception, handle_unexpected)
+    # Middleware added last runs first: CORS wraps auth so that 401s carry CORS headers too.
+    if settings.api_keys:
+        app.add_middleware(APIKeyMiddleware, keys=settings.api_keys)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=["x-request-id"])
+
+    @app.post("/v1/chat/completions")
+    async def create_chat_completion(request: ChatCompletionRequest, raw: Request) -> Response:
+        return await chat.create(request, raw)
+
+    @app.post("/v1/completions")
+    async def create_completion(request: CompletionRequest, raw: Request) -> Response:
+        return await completions.create(request, raw)
+
+    @app.get("/v1/models")
+    async def list_models() -> JSONResponse:
+        return JSONResponse(ModelList(data=[ModelCard(id=served, created=created)]).model_dump())
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> JSONResponse:
+        chat.check_model(model_id)
+        return JSONResponse(ModelCard(id=served, created=created).model_dump())
+
+    @app.get("/health")
+    async def health_check() -> JSONResponse:
+        if not app.state.ready:
+            return JSONResponse({"status": "unavailable", "reason": "starting or shutting down"}, status_code=503)
+        if not await health.cloud_up():
+            return JSONResponse({"status": "unavailable", "reason": "cloud backend unreachable"}, status_code=503)
+        return JSONResponse({"status": "ok", "model": served})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
