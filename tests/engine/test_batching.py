@@ -1,0 +1,58 @@
+"""Continuous batching: batch results equal solo results; a step costs 4*L + 1 calls."""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+
+from talaria_proxy.runtime import build_runtime
+from talaria_proxy.sampling import SamplingParams
+from talaria_proxy.scheduler import SchedulerConfig
+
+LENGTHS = [1, 3, 7, 12, 20, 33, 50, 75]  # 8 sequences of different prompt lengths
+
+
+def prompts(vocab):
+    g = torch.Generator().manual_seed(7)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in LENGTHS]
+
+
+async def run_all(rt, ps, max_tokens=24):
+    await rt.engine.start()
+    try:
+        async def one(p):
+            params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+            return [ev.token.token_id async for ev in rt.engine.generate(p, params)]
+
+        return await asyncio.gather(*[one(p) for p in ps])
+    finally:
+        await rt.engine.stop()
+
+
+def test_eight_concurrent_sequences_equal_solo_runs(spy_backend):
+    # a small batch budget forces chunked prefill interleaved with decoding
+    rt = build_runtime(spy_backend("qwen3"), "remo", scheduler=SchedulerConfig(max_batch_tokens=32))
+    ps = prompts(rt.manifest.arch.vocab_size)
+    together = asyncio.run(run_all(rt, ps))
+    for p, got in zip(ps, together):
+        solo_rt = build_runtime(spy_backend("qwen3"), "remo")
+        assert asyncio.run(run_all(solo_rt, [p]))[0] == got
+
+
+def test_each_step_costs_4L_plus_1_calls_carrying_every_sequence(spy_backend):
+    backend = spy_backend("llama")
+    rt = build_runtime(backend, "remo")
+    L = rt.manifest.arch.num_layers
+    ps = prompts(rt.manifest.arch.vocab_size)
+    backend.calls.clear()
+    asyncio.run(run_all(rt, ps, max_tokens=10))
+    steps = rt.engine.stats.steps
+    assert steps == 10  # one prefill step for all eight (budget 512 rows), then 9 decode steps
+    assert len(backend.calls) == steps * (4 * L + 1)
+    per_step = [backend.calls[i : i + 4 * L + 1] for i in range(0, len(backend.calls), 4 * L + 1)]
+    expected_ops = [f"{i}.{op}" for i in range(L) for op in ("qkv", "o", "gate_up", "down")] + ["lm_head"]
+    for step, calls in enumerate(per_step):
+        assert [op for op, _ in calls] == expected_ops
+        rows = sum(LENGTHS) if step == 0 else len(LENGTHS)
+        assert all(x.shape[0] == (8 if op == "lm_head" else rows) for op, x in calls)
