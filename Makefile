@@ -1,21 +1,30 @@
 # Two commands do all set-up on a fresh machine: `make up` and `make test`.
+#   make up ARGS="--model /path/to/checkpoint"   passes flags to `talaria up`
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
+# torch comes from the PyTorch CPU index (an extra index: PyPI stays the fallback). Its version is
+# pinned by constraints.txt; the +cpu local label still matches. GPU hosts: see Dockerfile.cloud.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+ARGS ?=
 
 .PHONY: up test setup clean
 
 $(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Talaria needs Python >= 3.11; run: make PYTHON=python3.11 ..." >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt --no-deps --extra-index-url $(TORCH_INDEX) torch
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
 
 up: $(STAMP)
-	$(BIN)/talaria up
+	$(BIN)/talaria up $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -6,6 +6,9 @@
     GET  /v1/cvm-params               safetensors: embedding table, RoPE inv_freq, q/k-norm gains
     GET  /v1/tokenizer                JSON {filename: text}
     POST /v1/linear/{op}              body safetensors {'x': [N, d_in]} -> {'y': [N, d_out]}
+    WS   /v1/linear-ws                the same call as binary frames on one socket: safetensors
+                                      {'x'} with metadata {'op'} -> {'y'}, or a JSON error text frame
+                                      (a step's 4L+1 calls then cost no HTTP request overhead)
 
 {op} is '3.qkv', '3.o', '3.gate_up', '3.down' or 'lm_head'. Every response carries
 `x-talaria-fingerprint` so the proxy notices a cloud that came back with other weights or bases.
@@ -18,17 +21,18 @@ import hmac
 import logging
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from cloud_backend.service import LinearCallError, MaskedLinearService
 from talaria_wire import WireFormatError, decode_tensors, encode_tensors
-from talaria_wire.tensors import MEDIA_TYPE
+from talaria_wire.tensors import MEDIA_TYPE, decode_metadata
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT_HEADER = "x-talaria-fingerprint"
+INLINE_GEMM_MACS = 4_000_000  # smaller products run on the event loop: a thread hop costs more than them
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
@@ -43,12 +47,15 @@ def build_app(service: MaskedLinearService, api_key: str | None = None) -> FastA
         service.model.cvm_params, metadata={"attention_scaling": repr(service.model.attention_scaling)}
     )
 
+    def authorized(headers) -> bool:
+        if not api_key:
+            return True
+        return hmac.compare_digest(headers.get("authorization", "").encode(), f"Bearer {api_key}".encode())
+
     @app.middleware("http")
     async def auth_and_fingerprint(request: Request, call_next):
-        if api_key and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return _error(401, "missing or invalid bearer token", "invalid_api_key")
+        if request.url.path != "/health" and not authorized(request.headers):
+            return _error(401, "missing or invalid bearer token", "invalid_api_key")
         response = await call_next(request)
         response.headers[FINGERPRINT_HEADER] = fingerprint
         return response
@@ -75,6 +82,34 @@ def build_app(service: MaskedLinearService, api_key: str | None = None) -> FastA
     @app.get("/v1/tokenizer")
     def tokenizer():
         return service.model.tokenizer_files
+
+    @app.websocket("/v1/linear-ws")
+    async def linear_ws(ws: WebSocket):
+        if not authorized(ws.headers):
+            await ws.close(code=1008, reason="missing or invalid bearer token")
+            return
+        await ws.accept(headers=[(FINGERPRINT_HEADER.encode(), fingerprint.encode())])
+        try:
+            while True:
+                blob = await ws.receive_bytes()
+                try:
+                    tensors = decode_tensors(blob)
+                    op = decode_metadata(blob).get("op", "")
+                    if set(tensors) != {"x"}:
+                        raise WireFormatError(f"expected exactly one tensor named 'x', got {sorted(tensors)}")
+                    x = tensors["x"]
+                    w = service.model.ops.get(op)
+                    if w is not None and x.shape[0] * w.weight.numel() <= INLINE_GEMM_MACS:
+                        y = service.linear(op, x)
+                    else:
+                        y = await run_in_threadpool(service.linear, op, x)
+                except (WireFormatError, LinearCallError) as exc:
+                    status = getattr(exc, "status", 400)
+                    await ws.send_json({"error": {"message": str(exc), "status": status}})
+                    continue
+                await ws.send_bytes(encode_tensors({"y": y}))
+        except WebSocketDisconnect:
+            pass
 
     @app.post("/v1/linear/{op}")
     async def linear(op: str, request: Request):

@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return exit_on_config_error(exc)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s proxy %(levelname)s %(message)s")
-    # httpx logs every cloud call (4 per layer per step) at INFO: keep them for real problems only.
-    for noisy in ("httpx", "httpcore"):
+    # The cloud clients log every call (4 per layer per step; websockets even dumps frame bytes at
+    # DEBUG): keep them for real problems only.
+    for noisy in ("httpx", "httpcore", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     log = logging.getLogger("talaria_proxy.cli")
     if settings.scheme == "none":

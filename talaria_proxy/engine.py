@@ -64,6 +64,9 @@ class AsyncEngine:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
+        """Start the step loop on the running event loop (an engine may be stopped and started again)."""
+        self._wake = asyncio.Event()
+        self._accepting = True
         self._task = asyncio.create_task(self._loop(), name="talaria-engine")
 
     async def stop(self, drain_timeout: float = 30.0) -> None:

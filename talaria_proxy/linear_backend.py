@@ -2,18 +2,22 @@
 
 `LinearBackend` is everything the engine needs from the cloud: the manifest, the public ReMO
 tensors of an op, the CVM parameters, the tokenizer files and `linear(op, x~) -> y~`.
-`HttpLinearBackend` is production (httpx, binary safetensors bodies, one kept-alive connection);
+`HttpLinearBackend` is production: setup over REST (httpx), and the linear calls either as binary
+frames on one WebSocket (default: no per-call HTTP overhead) or as POSTs with safetensors bodies;
 `InProcessLinearBackend` calls a service object directly, for tests and benchmarks without a network.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 
 import httpx
 import torch
+from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.sync.client import ClientConnection, connect
 
 from talaria_proxy.errors import CloudRejected, CloudUnavailable
 from talaria_wire import Manifest, WireFormatError, decode_tensors, encode_tensors
@@ -73,9 +77,16 @@ class HttpLinearBackend(LinearBackend):
     """Talks protocol talaria/1 to `base_url` (e.g. http://cloud:8100) over one kept-alive connection."""
 
     def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 30.0,
-                 connect_timeout: float = 3.0, transport: httpx.BaseTransport | None = None):
+                 connect_timeout: float = 3.0, transport: httpx.BaseTransport | None = None,
+                 use_websocket: bool = True):
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
+        self._headers = headers
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._use_websocket = use_websocket and transport is None
+        self._ws: ClientConnection | None = None
+        self._ws_lock = threading.Lock()  # one call in flight per socket
         self._client = httpx.Client(
             base_url=self.base_url,
             headers=headers,
@@ -92,17 +103,19 @@ class HttpLinearBackend(LinearBackend):
             raise CloudUnavailable(f"cloud backend at {self.base_url} timed out on {path}") from exc
         except httpx.TransportError as exc:
             raise CloudUnavailable(f"cloud backend at {self.base_url} is unreachable: {exc}") from exc
-        fp = resp.headers.get(FINGERPRINT_HEADER)
-        if self._fingerprint is not None and fp is not None and fp != self._fingerprint:
-            raise CloudUnavailable(
-                f"cloud backend restarted with different weights or masking bases "
-                f"(fingerprint {fp} != {self._fingerprint}); restart the proxy"
-            )
+        self._check_fingerprint(resp.headers.get(FINGERPRINT_HEADER))
         if resp.status_code >= 500:
             raise CloudUnavailable(f"cloud backend error {resp.status_code} on {path}: {_message(resp)}")
         if resp.status_code >= 400:
             raise CloudRejected(f"cloud backend rejected {path} ({resp.status_code}): {_message(resp)}")
         return resp
+
+    def _check_fingerprint(self, fp: str | None) -> None:
+        if self._fingerprint is not None and fp is not None and fp != self._fingerprint:
+            raise CloudUnavailable(
+                f"cloud backend restarted with different weights or masking bases "
+                f"(fingerprint {fp} != {self._fingerprint}); restart the proxy"
+            )
 
     def _tensors(self, path: str) -> tuple[dict[str, torch.Tensor], httpx.Response]:
         resp = self._request("GET", path)
@@ -131,6 +144,8 @@ class HttpLinearBackend(LinearBackend):
         return self._request("GET", "/v1/tokenizer").json()
 
     def linear(self, op, x):
+        if self._use_websocket:
+            return self._linear_ws(op, x)
         resp = self._request("POST", f"/v1/linear/{op}", content=encode_tensors({"x": x}),
                              headers={"content-type": MEDIA_TYPE})
         try:
@@ -138,13 +153,62 @@ class HttpLinearBackend(LinearBackend):
         except (WireFormatError, KeyError) as exc:
             raise CloudRejected(f"cloud sent a malformed answer for {op}: {exc}") from exc
 
-    def ping(self) -> bool:
+    def _socket(self) -> ClientConnection:
+        if self._ws is None:
+            url = "ws" + self.base_url[len("http"):] + "/v1/linear-ws"
+            try:
+                ws = connect(url, additional_headers=self._headers, open_timeout=self._connect_timeout,
+                             max_size=None, compression=None, legacy=True,
+                             close_timeout=0.5)  # a hung cloud must not hold up the error
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                raise (CloudRejected if status < 500 else CloudUnavailable)(
+                    f"cloud backend refused the linear socket ({status}); check the cloud API key") from exc
+            except (OSError, TimeoutError, WebSocketException) as exc:
+                raise CloudUnavailable(f"cloud backend at {self.base_url} is unreachable: {exc}") from exc
+            self._check_fingerprint(ws.response.headers.get(FINGERPRINT_HEADER))
+            self._ws = ws
+        return self._ws
+
+    def _drop_socket(self) -> None:
+        if self._ws is not None:
+            self._ws.close()
+            self._ws = None
+
+    def _linear_ws(self, op: str, x: torch.Tensor) -> torch.Tensor:
+        with self._ws_lock:
+            ws = self._socket()
+            try:
+                ws.send(encode_tensors({"x": x}, metadata={"op": op}))
+                reply = ws.recv(timeout=self._timeout)
+            except TimeoutError as exc:
+                self._drop_socket()  # a late answer must not be read as the next call's
+                raise CloudUnavailable(f"cloud backend at {self.base_url} timed out on {op}") from exc
+            except (OSError, WebSocketException) as exc:
+                self._drop_socket()
+                raise CloudUnavailable(f"cloud backend at {self.base_url} is unreachable: {exc}") from exc
+        if isinstance(reply, str):
+            import json
+
+            err = json.loads(reply).get("error", {})
+            raise CloudRejected(f"cloud backend rejected {op} ({err.get('status')}): {err.get('message')}")
         try:
-            return self._client.get("/health", timeout=2.0).status_code == 200
+            return decode_tensors(reply)["y"]
+        except (WireFormatError, KeyError) as exc:
+            raise CloudRejected(f"cloud sent a malformed answer for {op}: {exc}") from exc
+
+    def ping(self) -> bool:
+        """True when the cloud is up and still the one whose manifest we loaded."""
+        try:
+            resp = self._client.get("/health", timeout=2.0)
         except httpx.HTTPError:
             return False
+        fp = resp.headers.get(FINGERPRINT_HEADER)
+        return resp.status_code == 200 and (self._fingerprint is None or fp == self._fingerprint)
 
     def close(self) -> None:
+        with self._ws_lock:
+            self._drop_socket()
         self._client.close()
 
 

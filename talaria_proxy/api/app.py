@@ -77,12 +77,12 @@ def build_app(runtime: ProxyRuntime, settings: ProxySettings, *, health_interval
         model_aliases=frozenset({runtime.manifest.model_name} - {served}),
         max_n=settings.max_n,
         request_timeout=settings.request_timeout,
+        shutdown_grace=settings.shutdown_drain,
         system_fingerprint=f"talaria-{runtime.manifest.fingerprint[:16]}",
     )
     metrics = ProxyMetrics(runtime)
-    chat = OpenAIServingChat(engine, runtime.tokenizer, config, metrics, shutdown_grace=settings.shutdown_drain)
-    completions = OpenAIServingCompletion(engine, runtime.tokenizer, config, metrics,
-                                          shutdown_grace=settings.shutdown_drain)
+    chat = OpenAIServingChat(engine, runtime.tokenizer, config, metrics)
+    completions = OpenAIServingCompletion(engine, runtime.tokenizer, config, metrics)
     ping = getattr(runtime.backend, "ping", None) or (lambda: True)  # in-process backends are always up
     health = CloudHealth(ping, min_interval=health_interval)
     created = int(time.time())

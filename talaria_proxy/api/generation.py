@@ -37,7 +37,7 @@ class ChoiceDelta:
 class _Choice:
     index: int
     seq: Sequence
-    text: TextStream
+    stream: TextStream  # detokenizer + stop strings of this choice
     pump: asyncio.Task | None = None
     pending: list[SampledToken] = field(default_factory=list)  # tokens whose text is not sent yet
     completion_tokens: int = 0
@@ -59,11 +59,11 @@ class GenerationBatch:
         self._open = 0  # choices without a finish reason yet
 
     # -- submission -----------------------------------------------------------------------
-    def add(self, prompt_ids: list[int], params: SamplingParams, text: TextStream) -> None:
+    def add(self, prompt_ids: list[int], params: SamplingParams, stream: TextStream) -> None:
         """Queue one choice in the engine; engine exceptions propagate (the caller closes the batch)."""
         index = len(self.choices)
         seq = self.engine.add_request(prompt_ids, params, f"{self.request_id}-{index}")
-        choice = _Choice(index, seq, text)
+        choice = _Choice(index, seq, stream)
         choice.pump = asyncio.create_task(self._pump(choice), name=f"pump-{seq.seq_id}")
         self.choices.append(choice)
         self._open += 1
@@ -106,14 +106,14 @@ class GenerationBatch:
             self.first_token_at = time.monotonic()
         choice.completion_tokens += 1
         choice.pending.append(event.token)
-        text = choice.text.push(event.token.token_id)
+        text = choice.stream.push(event.token.token_id)
         finish = None
-        if choice.text.stopped:
+        if choice.stream.stopped:
             finish = "stop"
             self._cancel(choice)  # the engine would keep generating past the stop string
         elif event.finish_reason is not None:
             finish = event.finish_reason
-            text += choice.text.finish()
+            text += choice.stream.finish()
         if finish is not None:
             choice.finish_reason = finish
             self._open -= 1

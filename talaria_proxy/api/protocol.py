@@ -26,6 +26,15 @@ class OpenAIRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_unset(cls, data: Any) -> Any:
+        # OpenAI's schema makes optional parameters nullable and clients send `"n": null` and the
+        # like for "not set": treat an explicit null as the default (a required field stays missing).
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
+        return data
+
 
 class TextPart(OpenAIRequest):
     """One element of an array `content`; only `{"type": "text"}` is supported (checked in serving)."""
@@ -58,7 +67,7 @@ class SamplingFields(OpenAIRequest):
     max_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # int64, as OpenAI
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

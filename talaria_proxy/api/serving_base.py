@@ -1,5 +1,9 @@
-"""What the chat and legacy-completions endpoints share: model check, sampling parameters,
-submitting a request's sequences, logprob token texts, and the end-of-request log line.
+"""What the chat and legacy-completions endpoints share: the request flow (checks, submission,
+streamed or collected answer, error mapping, cancellation), sampling parameters, and the
+end-of-request log line.
+
+    submit() -> GenerationBatch -> stream:  wait for the first token, then SSE events
+                                   else:    collect every choice, then one JSON body
 
 The log line is the only per-request log at info level and carries ids, counts and timings;
 prompt and completion text never reach a logger (a security property of the CVM).
@@ -7,22 +11,27 @@ prompt and completion text never reach a logger (a security property of the CVM)
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable
 
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from talaria_proxy.api.errors import APIError, api_error_from, invalid
-from talaria_proxy.api.generation import GenerationBatch
+from talaria_proxy.api.generation import ClientDisconnected, GenerationBatch, cancel_on_disconnect
+from talaria_proxy.api.logprobs import LogprobFormatter
 from talaria_proxy.api.metrics import ProxyMetrics
 from talaria_proxy.api.protocol import SamplingFields
 from talaria_proxy.api.text_stream import TextStream
 from talaria_proxy.engine import AsyncEngine, ContextLengthExceeded
-from talaria_proxy.sampling import SamplingParams
+from talaria_proxy.sampling import SampledToken, SamplingParams
 
 log = logging.getLogger("talaria_proxy.api")
 
@@ -33,8 +42,9 @@ CLIENT_CLOSED = 499  # nginx's status for "client closed request"; only ever log
 class ServingConfig:
     served_model_name: str  # the id in /v1/models and in every response
     model_aliases: frozenset[str]  # other names accepted in requests (e.g. the cloud's model name)
-    max_n: int
-    request_timeout: float
+    max_n: int  # largest `n` accepted
+    request_timeout: float  # seconds before a generation is aborted (504)
+    shutdown_grace: float  # seconds a stream may run on after SIGTERM
     system_fingerprint: str | None = None
 
 
@@ -43,10 +53,17 @@ class RequestContext:
     """Bookkeeping of one request, for the final log line and the metrics."""
 
     request_id: str
-    endpoint: str
-    started: float
+    started: float  # time.monotonic() at arrival
     n: int = 1
     prompt_tokens: int = 0
+    finish_reasons: list[str | None] = field(default_factory=list)
+
+
+@dataclass
+class ChoiceResult:
+    text: str = ""
+    tokens: list[SampledToken] = field(default_factory=list)
+    finish_reason: str | None = None
 
 
 class OpenAIServing:
@@ -59,11 +76,11 @@ class OpenAIServing:
         self.tokenizer = tokenizer
         self.config = config
         self.metrics = metrics
-        self.token_texts = TokenTexts(tokenizer) if tokenizer is not None else None
+        self.logprobs = LogprobFormatter(tokenizer) if tokenizer is not None else None
 
     # -- request checks ---------------------------------------------------------------------
     def new_context(self, request: SamplingFields) -> RequestContext:
-        ctx = RequestContext(f"{self.id_prefix}-{uuid.uuid4().hex}", self.endpoint, time.monotonic(), n=request.n)
+        ctx = RequestContext(f"{self.id_prefix}-{uuid.uuid4().hex}", time.monotonic(), n=request.n)
         if request.model_extra:
             # Names only: the values of unknown fields may be user text.
             log.debug("%s: ignoring unknown fields %s", ctx.request_id, sorted(request.model_extra))
@@ -75,6 +92,7 @@ class OpenAIServing:
                                 f"'{self.config.served_model_name}'", param="model", code="model_not_found")
 
     def check_common(self, request: SamplingFields) -> None:
+        self.check_model(request.model)
         if request.n > self.config.max_n:
             raise invalid(f"n must be at most {self.config.max_n} on this server, got {request.n}", param="n")
         if self.tokenizer is None:
@@ -83,19 +101,18 @@ class OpenAIServing:
     # -- submission -------------------------------------------------------------------------
     def sampling_params(self, request: SamplingFields, prompt_len: int, token_cap: int | None,
                         logprobs: int | None, choice: int) -> SamplingParams:
-        room = self.engine.max_model_len - prompt_len
         if token_cap is None:
+            room = self.engine.max_model_len - prompt_len
             if room < 1:
                 raise ContextLengthExceeded(
                     f"this model's maximum context length is {self.engine.max_model_len} tokens; the prompt "
                     f"has {prompt_len} tokens, which leaves no room for an answer")
             token_cap = room  # OpenAI's default: as much as the context allows
-        top_k = request.top_k if request.top_k and request.top_k > 0 else 0
         return SamplingParams(
             max_tokens=token_cap,
             temperature=1.0 if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
-            top_k=top_k,
+            top_k=max(request.top_k or 0, 0),  # -1 and 0 both mean "no top-k cut"
             # n choices of a seeded request are reproducible one by one: seed, seed+1, ...
             seed=None if request.seed is None else request.seed + choice,
             presence_penalty=request.presence_penalty or 0.0,
@@ -111,20 +128,92 @@ class OpenAIServing:
         batch = GenerationBatch(self.engine, ctx.request_id, self.config.request_timeout)
         stop = request.stop_strings()
         ctx.prompt_tokens = sum(len(p) for p in prompts)
+        ctx.finish_reasons = [None] * (len(prompts) * request.n)
         try:
             for prompt in prompts:
                 for _ in range(request.n):
-                    choice = len(batch.choices)
-                    params = self.sampling_params(request, len(prompt), token_cap, logprobs, choice)
+                    params = self.sampling_params(request, len(prompt), token_cap, logprobs, len(batch.choices))
                     batch.add(prompt, params, TextStream(self.tokenizer, stop, prompt))
-        except Exception as exc:
+        except BaseException:
             batch.close()  # sequences already queued must not run for nobody
-            raise api_error_from(exc, self.prompt_param) from None
+            raise
         return batch
 
+    # -- the request flow -------------------------------------------------------------------
+    async def respond(self, raw: Request, ctx: RequestContext, submit: Callable[[], GenerationBatch], stream: bool,
+                      collect: Callable[[GenerationBatch], Awaitable[BaseModel]],
+                      events: Callable[[GenerationBatch], AsyncIterator[str]]) -> Response:
+        """Run `submit` (checks + submission), then answer as SSE `events` or the `collect`ed body."""
+        batch = None
+        try:
+            batch = submit()
+            if stream:
+                # Wait for the first token before answering 200, so that a cloud that is down
+                # gets a real 502/503 status instead of an error inside a successful stream.
+                await cancel_on_disconnect(raw, batch.wait_started())
+                return self._event_stream(self._sse(ctx, batch, events(batch)), batch, ctx)
+            body = await cancel_on_disconnect(raw, collect(batch))
+        except ClientDisconnected:
+            batch.close()
+            self.finish(ctx, CLIENT_CLOSED, batch)
+            return Response(status_code=CLIENT_CLOSED)
+        except Exception as exc:
+            if batch is not None:
+                batch.close()
+            error = api_error_from(exc, self.prompt_param)
+            self.finish(ctx, error.status, batch)
+            return error.response()
+        self.finish(ctx, 200, batch)
+        return JSONResponse(body.model_dump(), headers={"x-request-id": ctx.request_id})
+
+    async def gather(self, ctx: RequestContext, batch: GenerationBatch) -> list[ChoiceResult]:
+        """Every choice's full text, tokens and finish reason (the non-streaming answer)."""
+        await batch.wait_started()
+        results = [ChoiceResult() for _ in batch.choices]
+        async for delta in batch.deltas():
+            result = results[delta.index]
+            result.text += delta.text
+            result.tokens += delta.tokens
+            result.finish_reason = delta.finish_reason or result.finish_reason
+            ctx.finish_reasons[delta.index] = result.finish_reason
+        return results
+
+    async def _sse(self, ctx: RequestContext, batch: GenerationBatch, chunks: AsyncIterator[str]):
+        """Frame an endpoint's chunks: an error becomes one error event; always end with [DONE]."""
+        status = 200
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except Exception as exc:
+            error = api_error_from(exc, self.prompt_param)
+            status = error.status
+            log.warning("%s: stream ended with an error: %s", ctx.request_id, error.code or error.type)
+            yield json.dumps(error.body())
+        except BaseException:  # the client went away (cancelled / closed): nothing more to send
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            batch.close()
+            self.finish(ctx, status, batch)
+        yield "[DONE]"
+
+    def _event_stream(self, events, batch: GenerationBatch, ctx: RequestContext) -> EventSourceResponse:
+        """SSE response with OpenAI's `data: ...\\n\\n` framing.
+
+        A client that disconnects before the generator even starts would skip its `finally`; the
+        close handler and the background task abort the batch in that case too (idempotent).
+        On SIGTERM a stream may run on for `shutdown_grace` seconds before it is cut.
+        """
+        async def on_client_close(_message) -> None:
+            batch.close()
+
+        return EventSourceResponse(events, sep="\n", headers={"x-request-id": ctx.request_id},
+                                   client_close_handler_callable=on_client_close,
+                                   background=BackgroundTask(batch.close),
+                                   shutdown_grace_period=self.config.shutdown_grace)
+
     # -- end of request ---------------------------------------------------------------------
-    def finish(self, ctx: RequestContext, status: int, batch: GenerationBatch | None,
-               finish_reasons: list[str | None] | None = None) -> None:
+    def finish(self, ctx: RequestContext, status: int, batch: GenerationBatch | None) -> None:
         now = time.monotonic()
         completion = batch.completion_tokens if batch is not None else 0
         ttft = batch.first_token_at - ctx.started if batch is not None and batch.first_token_at else None
@@ -132,62 +221,5 @@ class OpenAIServing:
                                      ttft, now - ctx.started)
         log.info("%s %s status=%d n=%d prompt_tokens=%d completion_tokens=%d finish=%s ttft=%s duration=%.3fs",
                  ctx.request_id, self.endpoint, status, ctx.n, ctx.prompt_tokens, completion,
-                 ",".join(r or "-" for r in finish_reasons or []) or "-",
+                 ",".join(r or "-" for r in ctx.finish_reasons) or "-",
                  f"{ttft:.3f}s" if ttft is not None else "-", now - ctx.started)
-
-
-def event_stream(events, batch: GenerationBatch, ctx: RequestContext, shutdown_grace: float) -> EventSourceResponse:
-    """SSE response over `events` (JSON strings), `data: ...\\n\\n` framing as OpenAI.
-
-    If the client disconnects before the generator even starts, its `finally` never runs; the
-    close handler and the background task abort the batch in that case too (both idempotent).
-    On server shutdown a stream gets `shutdown_grace` seconds to finish before it is cut.
-    """
-    async def on_client_close(_message) -> None:
-        batch.close()
-
-    return EventSourceResponse(events, sep="\n", headers={"x-request-id": ctx.request_id},
-                               client_close_handler_callable=on_client_close,
-                               background=BackgroundTask(batch.close),
-                               shutdown_grace_period=shutdown_grace)
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table used by byte-level BPE vocabularies."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars)))
-
-
-class TokenTexts:
-    """Token id -> (text, UTF-8 bytes) for logprobs. Bytes are exact for byte-level BPE vocabularies,
-    where a token may hold part of a character (its text then shows U+FFFD)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
-        self.byte_decoder = ({c: b for b, c in bytes_to_unicode().items()}
-                             if type(decoder).__name__ == "ByteLevel" else None)
-        self.get = lru_cache(maxsize=65536)(self._compute)
-
-    def _compute(self, token_id: int) -> tuple[str, list[int]]:
-        text = self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if self.byte_decoder is not None:
-            piece = self.tokenizer.convert_ids_to_tokens(token_id)
-            if isinstance(piece, str) and piece and all(ch in self.byte_decoder for ch in piece):
-                return text, [self.byte_decoder[ch] for ch in piece]
-        return text, list(text.encode("utf-8"))
-
-
-def clamp_logprob(value: float | None) -> float:
-    """JSON has no -inf; OpenAI reports impossible tokens as -9999."""
-    if value is None or value != value or value < -9999.0:
-        return -9999.0
-    return float(value)

@@ -1,0 +1,189 @@
+"""bench.md and bench.png from the speed benchmark's JSON-able report (see `benchmarks.speed`).
+
+Every ratio is against the HF baseline measured in the same run; the better of 1 and 2 torch
+threads is the baseline. Predictions combine the measured step profile with measured variants
+(float32 wire, 2 cloud threads) and micro-measurements; their basis is named in each row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.common import fmt, markdown_table, ratio
+from benchmarks.hf_baseline import best_point
+
+SINGLE_TARGET = 1.5  # Talaria 1-stream ms/token <= 1.5x HF batch-1
+MULTI_TARGET = 0.8  # Talaria 8-stream tokens/s >= 0.8x HF batch-8
+BASE = "float64, cloud 1 thread"
+COMPONENTS = ("cloud_gemm_ms", "transport_ms", "masking_ms", "attention_ms", "sampling_ms", "other_cvm_ms")
+
+
+def summary(m: dict) -> dict:
+    hf1, hf8 = best_point(m["hf"]["points"], 1), best_point(m["hf"]["points"], 8)
+    t1, t8 = m["talaria"]["streams=1"]["metrics"], m["talaria"]["streams=8"]["metrics"]
+    single = ratio(t1["ms_per_token"], hf1["ms_per_token"])
+    multi = ratio(t8["tokens_per_s"], hf8["tokens_per_s"])
+    return {"hf_b1": hf1, "hf_b8": hf8, "single_ratio": single, "single_ok": single <= SINGLE_TARGET,
+            "multi_ratio": multi, "multi_ok": multi >= MULTI_TARGET}
+
+
+def predictions(m: dict) -> list[dict]:
+    """Per decode batch: predicted step time (ms) for each optimisation, and the basis of the number."""
+    rows = []
+    prof, micro = m["profile"], m["micro"]
+    for b in (1, 8):
+        base = prof[BASE][f"batch={b}"]["decode"]
+        total, calls = base["total_ms"], base["calls_per_step"]
+        serialise_per_call = base["client_serialise_ms"] / calls
+
+        def row(name, predicted, basis):
+            rows.append({"batch": b, "optimisation": name, "now_ms": total, "predicted_ms": predicted,
+                         "saving_ms": total - predicted, "basis": basis})
+
+        for label, name in (("float32, cloud 1 thread", "float32 wire + GEMM"),
+                            ("float64, cloud 2 threads", "2 torch threads on the cloud")):
+            if label in prof:
+                row(name, prof[label][f"batch={b}"]["decode"]["total_ms"], f"measured: variant cloud ({label})")
+        lean = total - base["transport_ms"] + calls * (micro["raw_socket_ms"] + 2 * serialise_per_call)
+        row("lean binary transport (same 4L+1 calls)", lean,
+            f"calls x (raw-socket RTT {micro['raw_socket_ms']:.3f} ms + 2 x encode/decode) replaces HTTP")
+        if b > 1:
+            a = micro["attention_b8"]
+            gain = min(base["attention_ms"], a["loop_ms_per_step"] - a["batched_ms_per_step"])
+            row("batched decode attention", total - gain,
+                f"micro: loop {a['loop_ms_per_step']:.2f} ms vs one SDPA {a['batched_ms_per_step']:.2f} ms per step")
+        conn = micro["connection"]
+        row("(already done) kept-alive connection", total,
+            f"a new connection per call would add {calls * (conn['new_connection_ms'] - conn['kept_alive_ms']):.1f} ms")
+        chosen = [r for r in rows if r["batch"] == b and r["optimisation"] in
+                  ("float32 wire + GEMM", "lean binary transport (same 4L+1 calls)", "batched decode attention")]
+        if chosen:
+            row("combined: " + " + ".join(r["optimisation"].split(" (")[0] for r in chosen),
+                total - sum(r["saving_ms"] for r in chosen), "sum of the savings above (assumed additive)")
+    return rows
+
+
+def _end_to_end(m: dict, preds: list[dict], s: dict) -> list[list]:
+    """Apply each combined step saving to the measured API figures."""
+    out = []
+    t1, t8 = m["talaria"]["streams=1"]["metrics"], m["talaria"]["streams=8"]["metrics"]
+    for p in preds:
+        if not p["optimisation"].startswith("combined"):
+            continue
+        if p["batch"] == 1:
+            ms = t1["ms_per_token"] - p["saving_ms"]
+            out.append(["1 stream ms/token", t1["ms_per_token"], ms, ratio(ms, s["hf_b1"]["ms_per_token"]),
+                        f"<= {SINGLE_TARGET}"])
+        else:
+            ms8 = t8["ms_per_token"] - p["saving_ms"]
+            tps = t8["tokens_per_s"] * t8["ms_per_token"] / ms8
+            out.append(["8 streams tokens/s", t8["tokens_per_s"], tps, ratio(tps, s["hf_b8"]["tokens_per_s"]),
+                        f">= {MULTI_TARGET}"])
+    return out
+
+
+def _pct(x) -> str:
+    return "-" if x is None or x != x else fmt(100 * x, 2) + "%"
+
+
+def markdown(report: dict) -> str:
+    mach, cfg = report["machine"], report["config"]
+    lines = [f"# Talaria vs plain HF transformers ({report['mode']} run)", "",
+             f"Machine: {mach['cpu']}, {mach['cores']} cores, torch {mach['torch']}, CUDA {mach['cuda']}. "
+             f"Load average {fmt(report['load_avg_start'])} at start, {fmt(report['load_avg_end'])} at end "
+             "(other jobs share the machine; every figure is a median of repeats).",
+             f"Prompts: 8 x {cfg['prompt_len']} random token ids; {cfg['new_tokens']} greedy new tokens, EOS "
+             f"ignored; {cfg['repeats']} repeats after a warm-up. Threads: cloud and proxy processes 1 OpenMP thread "
+             "each; HF measured with 1 and 2 torch threads (the better one is the baseline). Talaria: cloud float64, "
+             "ReMO mask scale 10, rank 64; 1 and 8 concurrent streams through /v1/completions (openai AsyncOpenAI, "
+             "stream=True). ms/token: decode time per token of one stream (HF: per batch step); TTFT: request to "
+             "first text chunk (Talaria; server-side TTFT in bench.json) or generate(max_new_tokens=1) (HF).", ""]
+    for size, m in report["models"].items():
+        s = summary(m)
+        arch = m["profile"][BASE]["arch"]
+        lines += [f"## Model {size} ({arch['num_layers']} layers, hidden {arch['hidden_size']}, "
+                  f"vocab {arch['vocab_size']})", ""]
+        rows = []
+        for p in m["hf"]["points"].values():
+            base1 = p["batch"] == 1
+            rows.append([f"HF generate, batch {p['batch']}", p["threads"], p["ms_per_token"],
+                         ratio(p["ms_per_token"], s["hf_b1"]["ms_per_token"]) if base1 else None, p["ttft_ms"],
+                         p["tokens_per_s"], None if base1 else ratio(p["tokens_per_s"], s["hf_b8"]["tokens_per_s"]),
+                         None, None, None])
+        for k in (1, 8):
+            t = m["talaria"][f"streams={k}"]["metrics"]
+            rows.append([f"Talaria, {k} stream{'s' if k > 1 else ''}", "1+1", t["ms_per_token"],
+                         ratio(t["ms_per_token"], s["hf_b1"]["ms_per_token"]) if k == 1 else None, t["ttft_ms"],
+                         t["tokens_per_s"], ratio(t["tokens_per_s"], s["hf_b8"]["tokens_per_s"]) if k > 1 else None,
+                         t["calls_per_token"], t["bytes_per_token"] / 1024, _pct(t["mask_share_of_proxy_cpu"])])
+        lines += [markdown_table(["configuration", "threads", "ms/token", "x HF b1", "TTFT ms", "tokens/s",
+                                  "x HF b8", "cloud calls/token", "KiB/token", "masking % of proxy CPU"], rows), ""]
+        same = m["talaria"]["streams=1"].get("matches_hf_text")
+        lines += [f"Targets: 1 stream {fmt(s['single_ratio'])}x HF batch-1 time per token (target <= {SINGLE_TARGET}: "
+                  f"{'met' if s['single_ok'] else 'NOT met'}); 8 streams {fmt(s['multi_ratio'])}x HF batch-8 "
+                  f"throughput (target >= {MULTI_TARGET}: {'met' if s['multi_ok'] else 'NOT met'}). "
+                  f"Text of stream 1 equals HF's greedy text: {same}.", ""]
+        lines += _breakdown(m) + _prediction_lines(m, s)
+    return "\n".join(lines) + "\n"
+
+
+def _breakdown(m: dict) -> list[str]:
+    rows = []
+    for label, prof in m["profile"].items():
+        for b in (1, 8):
+            d = prof[f"batch={b}"]["decode"]
+            rows.append([label, b, d["total_ms"], *[d[c] for c in COMPONENTS], d["calls_per_step"],
+                         d["transport_ms_per_call"], d["wire_bytes_per_step"] / 1024])
+    head = ["cloud", "batch", "step ms", "cloud GEMM", "transport", "masking", "attention", "sampling", "other CVM",
+            "calls", "transport ms/call", "wire KiB/step"]
+    return ["Where a decode step goes (in-process engine against the cloud over HTTP, ms per step; transport = "
+            "round trip minus the cloud's x-talaria-gemm-ms, incl. serialisation on both sides):", "",
+            markdown_table(head, rows), ""]
+
+
+def _prediction_lines(m: dict, s: dict) -> list[str]:
+    preds = predictions(m)
+    rows = [[p["batch"], p["optimisation"], p["now_ms"], p["predicted_ms"], p["saving_ms"], p["basis"]] for p in preds]
+    e2e = _end_to_end(m, preds, s)
+    return ["Predicted effect of optimisations on the decode step:", "",
+            markdown_table(["batch", "optimisation", "step ms now", "predicted", "saving", "basis"], rows), "",
+            "End to end with the combined savings:", "",
+            markdown_table(["metric", "measured", "predicted", "x HF", "target"], e2e), ""]
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(report["models"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1, 1.6]})
+    xs = range(len(models))
+    sums = [summary(report["models"][k]) for k in models]
+    ax1.bar([x - 0.2 for x in xs], [s["single_ratio"] for s in sums], 0.4, label="1 stream: ms/token / HF b1")
+    ax1.bar([x + 0.2 for x in xs], [s["multi_ratio"] for s in sums], 0.4, label="8 streams: tokens/s / HF b8")
+    ax1.axhline(SINGLE_TARGET, ls="--", c="C0", lw=1)
+    ax1.axhline(MULTI_TARGET, ls="--", c="C1", lw=1)
+    ax1.set_yscale("log")
+    ax1.set_xticks(list(xs), models)
+    ax1.set_title("Talaria relative to HF (dashed: targets)")
+    ax1.legend(fontsize=8)
+    labels, lefts = [], None
+    bars = {c: [] for c in COMPONENTS}
+    for k in models:
+        for b in (1, 8):
+            d = report["models"][k]["profile"][BASE][f"batch={b}"]["decode"]
+            labels.append(f"{k} batch {b}")
+            for c in COMPONENTS:
+                bars[c].append(100 * max(d[c], 0) / d["total_ms"])
+    lefts = [0.0] * len(labels)
+    for c in COMPONENTS:
+        ax2.barh(labels, bars[c], left=lefts, label=c.replace("_ms", "").replace("_", " "))
+        lefts = [a + b for a, b in zip(lefts, bars[c])]
+    ax2.set_xlabel("% of decode step wall time")
+    ax2.set_title("Where a Talaria decode step goes (float64 cloud, 1 thread)")
+    ax2.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,140 @@
+"""Model-aware attacks on ReMO-masked op inputs (what an honest-but-curious cloud can compute).
+
+ReMO (arXiv 2603.00196) sends x~ = x + M_pvt M_pub with M_pub [m, d] public and orthonormal rows.
+The mask lies in span(M_pub), so the projector onto the orthogonal complement removes it exactly:
+    P = I - M_pub^T M_pub,   P x~ = P x + (M_pvt M_pub) P = P x      (M_pub P = 0)
+Everything the attacker then needs is a reference for P x: at layer 0, x = rmsnorm(E[t]) and the
+cloud knows E; deeper, it runs its own copy of the model on the prefix it already recovered plus
+every candidate token (the token-by-token matching of "Hidden No More", arXiv 2505.18332).
+Without M_pub, the mask subspace still shows as the m directions of abnormally large variance in
+many observations (mask variance per direction ~ s^2 |x|^2 / m vs. ~|x|^2 / d for the signal).
+
+Shape legend: n observed rows of one op, d = d_in, k rows of a subspace basis U [k, d]
+(orthonormal), C candidate tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from talaria_wire import OpKey
+from talaria_wire.ops import BLOCK_OPS
+
+PCA_GAP = 10.0  # eigenvalue ratio lambda_k / lambda_{k+1} that counts as "abnormally large variance"
+MASK_ENERGY_RATIO = 4.0  # per-dimension energy in span(U) vs. its complement that signals a mask
+
+
+def project_out(x: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
+    """P x = x - (x U^T) U for every row; x [n, d], U [k, d] orthonormal rows. float64."""
+    x = x.double()
+    if basis is None or basis.shape[0] == 0:
+        return x
+    u = basis.double()
+    return x - (x @ u.T) @ u
+
+
+def nearest(obs: torch.Tensor, table: torch.Tensor, remove: torch.Tensor | None = None,
+            chunk: int = 512) -> torch.Tensor:
+    """Index of the nearest table row to each observation after projecting out span(remove).
+
+    obs [n, d], table [C, d] -> [n]. ||P(o - c)||^2 = ||Po||^2 - 2 Po.Pc + ||Pc||^2.
+    """
+    ref = project_out(table, remove)  # [C, d]
+    ref_sq = ref.pow(2).sum(1)  # [C]
+    out = []
+    for start in range(0, obs.shape[0], chunk):
+        o = project_out(obs[start : start + chunk], remove)  # [c, d]
+        dist = o.pow(2).sum(1, keepdim=True) - 2 * o @ ref.T + ref_sq[None, :]  # [c, C]
+        out.append(dist.argmin(1))
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+@dataclass
+class SubspaceEstimate:
+    basis: torch.Tensor  # U [k, d]: the k directions of largest variance (k = 0: no mask found)
+    gap: float  # lambda_k / lambda_{k+1} at the chosen k (the largest consecutive ratio)
+    eigenvalues: torch.Tensor  # [d] descending
+
+
+def estimate_mask_subspace(obs: torch.Tensor, gap: float = PCA_GAP) -> SubspaceEstimate:
+    """Principal components of the observations; keep the top k up to the largest spectral gap.
+
+    Uses neither M_pub nor the public rank: k is where consecutive eigenvalues of the covariance
+    drop by the largest factor, accepted only if that factor exceeds `gap`.
+    """
+    x = obs.double()
+    x = x - x.mean(0, keepdim=True)
+    cov = x.T @ x / max(1, x.shape[0] - 1)  # [d, d]
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
+    ratios = evals[:-1] / evals[1:].clamp_min(evals[0] * 1e-15)  # lambda_i / lambda_{i+1}
+    k = int(ratios.argmax()) + 1
+    best = float(ratios[k - 1])
+    if best < gap:
+        k = 0
+    return SubspaceEstimate(evecs[:, :k].T.contiguous(), best, evals)
+
+
+def mask_energy_ratio(obs: torch.Tensor, basis: torch.Tensor) -> float:
+    """Mean energy per dimension inside span(U) over that in its complement (~1 for no mask)."""
+    x = obs.double()
+    k, d = basis.shape
+    inside = (x @ basis.double().T).pow(2).sum() / k
+    outside = project_out(x, basis).pow(2).sum() / max(1, d - k)
+    return float(inside / outside.clamp_min(1e-300))
+
+
+@dataclass
+class MatchVariant:
+    """One matcher: op `op`, compared in the complement of span(remove) (None: full space)."""
+
+    op: str
+    obs: torch.Tensor  # observed rows of the op [n, d]
+    remove: torch.Tensor | None = None  # U [k, d]
+
+
+def match_tokens(model, variants: list[MatchVariant], segments, candidates: torch.Tensor,
+                 progress=None) -> list[torch.Tensor]:
+    """Token-by-token matching (arXiv 2505.18332) for several independent variants at once.
+
+    Each variant, per sequence and position: run the public model on its own recovered prefix plus
+    every candidate, take the input of its op at this position, keep the candidate whose projected
+    input is nearest to the projected observation, and append that token to its prefix. Errors
+    propagate, as they would for a real attacker. Variants whose recovered prefixes are identical
+    share one candidate pass (same prefix, same model: same inputs), which is what makes running
+    every op cheap; the result is the same as running each variant alone.
+    Returns predicted token ids [n] per variant.
+    """
+    order = {name: i for i, name in enumerate(BLOCK_OPS)}
+    deepest = max((OpKey.parse(v.op) for v in variants), key=lambda k: (k.layer, order[k.op]))
+    # every pass runs as far as the deepest op, so every variant's cache stays complete
+    obs_p = [project_out(v.obs, v.remove) for v in variants]  # [n, d] each
+    preds = [torch.full((v.obs.shape[0],), -1, dtype=torch.long) for v in variants]
+    t0 = time.monotonic()
+    passes = 0
+    for s, seg in enumerate(segments):
+        caches = [model.new_prefix(len(seg.rows) + 1) for _ in variants]
+        prefixes: list[list[int]] = [[] for _ in variants]
+        for row, pos in zip(seg.rows, seg.positions):
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for j, prefix in enumerate(prefixes):
+                groups.setdefault(tuple(prefix), []).append(j)
+            for members in groups.values():
+                if pos != caches[members[0]].length:
+                    raise ValueError(f"segment positions are not contiguous at row {row}")
+                captured: dict[str, torch.Tensor] = {}
+                _, kv = model.candidate_inputs(caches[members[0]], candidates, deepest, captured)
+                passes += 1
+                for j in members:
+                    ref = project_out(captured[variants[j].op], variants[j].remove)  # [C, d]
+                    best = int((ref - obs_p[j][row]).pow(2).sum(1).argmin())
+                    preds[j][row] = candidates[best]
+                    prefixes[j].append(best)
+                    model.extend(caches[j], kv, best)
+        if progress is not None and (s + 1) % 25 == 0:
+            progress(f"    matching: {s + 1}/{len(segments)} sequences, {passes} candidate passes "
+                     f"({time.monotonic() - t0:.0f}s)")
+    return preds

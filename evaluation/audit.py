@@ -1,0 +1,166 @@
+"""Run every attack on one recorded transcript and score it against the harness's ground truth.
+
+The `Attacker` is built from what the cloud knows (checkpoint path: weights, architecture,
+tokenizer) and is handed a record directory (`evaluation.transcript`); it never sees truth.json.
+Scoring happens afterwards, in `score`, on the attacker's predicted token id per received row.
+
+Attacks (names used in the tables); A1-A5 as in the audit issue:
+    nn         A1  layer-0 qkv rows vs. rmsnorm(E), full space
+    nn-proj    A2  the same in the complement of span(M_pub)                  (public basis)
+    nn-pca     A4  the same in the complement of the top principal directions (basis unused)
+    match      A3  token-by-token matching with the public model (arXiv 2505.18332), in the
+                   complement of span(M_pub) when the transcript shows a mask there, else full space
+    match-pca  A3+A4  the matcher in the complement of the PCA-estimated subspace
+    inv        A5  learned inverter trained on clean inputs, applied to the raw rows
+    inv-aug    A5  trained on inputs plus simulated ReMO masks, applied to the raw rows
+    inv-proj   A5  trained and applied after projecting out span(M_pub)
+
+Shape legend: n rows of one op, d = d_in, C candidate tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from evaluation import attacks as A
+from evaluation import inverter as inv
+from evaluation.transcript import Transcript, load_transcript
+
+LAYER0_ATTACKS = ("nn", "nn-proj", "nn-pca")
+OP_ATTACKS = ("match", "match-pca", "inv", "inv-aug", "inv-proj")
+ALL_ATTACKS = LAYER0_ATTACKS + OP_ATTACKS
+
+
+@dataclass
+class AuditConfig:
+    attacks: tuple[str, ...] = ALL_ATTACKS
+    ops: list[str] | None = None  # block ops to attack (None: all); layer-0 attacks use '0.qkv'
+    inverter: inv.InverterConfig = field(default_factory=inv.InverterConfig)
+    inverter_seqs: int = 400  # attacker's own random sequences for inverter training
+    inverter_len: int = 48  # tokens per such sequence
+
+
+class Attacker:
+    """The honest-but-curious cloud: public model, tokenizer, and its own training data."""
+
+    def __init__(self, model_dir: str | Path, cfg: AuditConfig, progress=print):
+        from transformers import AutoTokenizer
+
+        from evaluation.public_model import PublicModel
+
+        self.cfg = cfg
+        self.progress = progress
+        self.model = PublicModel(model_dir)
+        # Candidates: every id the (public) tokenizer can produce; = the whole vocab of the tiny models.
+        vocab = min(self.model.arch.vocab_size, len(AutoTokenizer.from_pretrained(str(model_dir))))
+        self.candidates = torch.arange(vocab)  # [C]
+        self.table = self.model.normalized_embeddings()[self.candidates].double()  # rmsnorm(E): [C, d]
+        self._train: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
+        self._clean_inverters: dict[str, inv.Inverter] = {}  # independent of the setting: train once
+
+    # -- the attacker's own data -------------------------------------------------------------
+    def training_rows(self, ops: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Inputs of `ops` on the attacker's random sequences, and the token id of each row."""
+        if self._train is None or any(op not in self._train[0] for op in ops):
+            ids = inv.attacker_token_ids(self.cfg.inverter_seqs, self.cfg.inverter_len,
+                                         len(self.candidates), seed=1234)
+            feats: dict[str, list[torch.Tensor]] = {op: [] for op in ops}
+            for i in range(0, ids.shape[0], 32):
+                captured = self.model.sequence_inputs(ids[i : i + 32])
+                for op in ops:
+                    feats[op].append(captured[op])
+            self._train = ({op: torch.cat(v) for op, v in feats.items()}, ids.reshape(-1))
+        return self._train
+
+    def _inverter(self, op: str, features: torch.Tensor, labels: torch.Tensor, augment=None) -> inv.Inverter:
+        return inv.train_inverter(features, labels, len(self.candidates), self.cfg.inverter, augment)
+
+    # -- one transcript ------------------------------------------------------------------------
+    def attack(self, record_dir: str | Path) -> dict[str, dict[str, dict]]:
+        """{attack: {op: {'pred': [n] token ids, ...details}}} for the transcript in `record_dir`."""
+        tr: Transcript = load_transcript(record_dir)
+        ops = self.cfg.ops or tr.block_ops
+        segments = tr.segments()
+        results: dict[str, dict[str, dict]] = {a: {} for a in self.cfg.attacks}
+        wanted = set(self.cfg.attacks)
+        say = self.progress
+
+        layer0 = tr.block_ops[0]
+        if wanted & set(LAYER0_ATTACKS):
+            obs = tr.observations(layer0)
+            t0 = time.monotonic()
+            if "nn" in wanted:
+                results["nn"][layer0] = {"pred": self.candidates[A.nearest(obs, self.table)]}
+            if "nn-proj" in wanted:
+                results["nn-proj"][layer0] = {"pred": self.candidates[A.nearest(obs, self.table, tr.bases[layer0])]}
+            if "nn-pca" in wanted:
+                est = A.estimate_mask_subspace(obs)
+                results["nn-pca"][layer0] = {"pred": self.candidates[A.nearest(obs, self.table, est.basis)],
+                                             "pca_rank": est.basis.shape[0], "pca_gap": est.gap}
+            say(f"  layer-0 nearest-neighbour attacks ({time.monotonic() - t0:.1f}s)")
+
+        t0 = time.monotonic()
+        variants, slots = [], []  # every (attack, op) matcher, run together (shared passes)
+        for op in ops:
+            obs, basis = tr.observations(op), tr.bases[op]
+            if "match" in wanted:
+                ratio = A.mask_energy_ratio(obs, basis)
+                remove = basis if ratio > A.MASK_ENERGY_RATIO else None
+                variants.append(A.MatchVariant(op, obs, remove))
+                slots.append(("match", op, {"projected": remove is not None, "energy_ratio": ratio}))
+            if "match-pca" in wanted:
+                est = A.estimate_mask_subspace(obs)
+                variants.append(A.MatchVariant(op, obs, est.basis))
+                slots.append(("match-pca", op, {"pca_rank": est.basis.shape[0], "pca_gap": est.gap}))
+        if variants:
+            preds = A.match_tokens(self.model, variants, segments, self.candidates, say)
+            for (attack, op, info), pred in zip(slots, preds):
+                results[attack][op] = {"pred": pred, **info}
+            say(f"  matchers: {len(variants)} variants in {time.monotonic() - t0:.1f}s")
+
+        for op in ops:
+            obs = tr.observations(op)  # [n, d]
+            basis = tr.bases[op]  # M_pub [m, d]
+            t1 = time.monotonic()
+            if wanted & {"inv", "inv-aug", "inv-proj"}:
+                feats, labels = self.training_rows(ops)
+                x_train = feats[op]
+                if "inv" in wanted:
+                    if op not in self._clean_inverters:
+                        self._clean_inverters[op] = self._inverter(op, x_train, labels)
+                    results["inv"][op] = {"pred": self.candidates[self._clean_inverters[op].predict(obs)]}
+                if "inv-aug" in wanted:
+                    scale = inv.estimate_mask_scale(obs, basis)
+
+                    def augment(x, gen, basis=basis, scale=scale):
+                        return inv.simulate_remo(x, basis, scale, gen)
+
+                    model = self._inverter(op, x_train, labels, augment)
+                    results["inv-aug"][op] = {"pred": self.candidates[model.predict(obs)], "mask_scale_est": scale}
+                if "inv-proj" in wanted:
+                    model = self._inverter(op, A.project_out(x_train, basis).float(), labels)
+                    pred = model.predict(A.project_out(obs, basis).float())
+                    results["inv-proj"][op] = {"pred": self.candidates[pred]}
+                say(f"  {op}: inverters {time.monotonic() - t1:.1f}s")
+        return results
+
+
+def score(results: dict[str, dict[str, dict]], truth: dict) -> dict[str, dict[str, dict]]:
+    """Token reconstruction accuracy per attack and op; rows are compared in call order."""
+    rows = torch.tensor([t for step in truth["steps"] for t in step], dtype=torch.long)  # [n]
+    table: dict[str, dict[str, dict]] = {}
+    for attack, per_op in results.items():
+        table[attack] = {}
+        for op, res in per_op.items():
+            pred = res["pred"]
+            if pred.shape != rows.shape:
+                raise ValueError(f"{attack} {op}: {pred.shape[0]} predictions for {rows.shape[0]} rows")
+            correct = int((pred == rows).sum())
+            extra = {k: v for k, v in res.items() if k != "pred"}
+            table[attack][op] = {"accuracy": correct / max(1, rows.numel()), "correct": correct,
+                                 "rows": int(rows.numel()), **extra}
+    return table

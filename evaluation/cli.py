@@ -1,0 +1,166 @@
+"""`talaria eval privacy [--quick]`: the privacy audit of the Talaria split (arXiv 2603.00196).
+
+For each setting (scheme 'none', then ReMO at several ranks m) the harness runs the prompt set
+through the real proxy and a recording cloud over HTTP (`evaluation.harness`); the attacker
+(`evaluation.audit`) then reads only the record directory and the checkpoint, and its guesses are
+scored against the harness's ground truth. Output: privacy.md, privacy.json, privacy.png in --out,
+and the table on stdout. The unmasked split must come out >= 97.5% recovered at layer 0, or the
+attacks are too weak to say anything about ReMO (exit code 3).
+
+Module-level imports stay light: `talaria --help` imports this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "pii.txt"
+NONE_FLOOR = 0.975  # the unprotected split must leak at least this much, else the attacks are too weak
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task", choices=["privacy"], help="which evaluation to run")
+    p.add_argument("--quick", action="store_true", help="small run (12 prompts, short inverter training)")
+    p.add_argument("--model", help="checkpoint directory (default: the tiny model of --arch, generated into the work dir)")
+    p.add_argument("--arch", default="qwen2", choices=["llama", "qwen2", "qwen3", "mistral"],
+                   help="architecture of the generated tiny model (default qwen2)")
+    p.add_argument("--size", default="tiny", choices=["tiny", "0.5b"], help="size of the generated model")
+    p.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="prompt file, one prompt per line")
+    p.add_argument("--num-prompts", type=int, help="use the first N prompts (default: all; --quick: 12)")
+    p.add_argument("--ranks", help="comma-separated ReMO ranks (default 16,64,256,d/2; capped at d_in-1 per op)")
+    p.add_argument("--ops", help="comma-separated block ops to attack, e.g. 0.qkv,1.down (default: all)")
+    p.add_argument("--attacks", help="comma-separated subset of attacks (default: all)")
+    p.add_argument("--max-tokens", type=int, default=4, help="greedy tokens generated per prompt (default 4)")
+    p.add_argument("--inverter-seqs", type=int, help="attacker's random training sequences (default 400; quick 40)")
+    p.add_argument("--inverter-epochs", type=int, help="inverter training epochs (default 12; quick 5)")
+    p.add_argument("--out", help="output directory (default results/privacy; --quick: a temporary directory)")
+    p.add_argument("--workdir", help="where transcripts are recorded (default: a temporary directory)")
+    p.add_argument("--keep-records", action="store_true", help="keep the recorded transcripts")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads in this process (default 1: the attacks' many small tensor ops run "
+                        "fastest single-threaded, and the cloud subprocess needs a core too)")
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _model_dir(args, workdir: Path) -> Path:
+    """--model, or a tiny model generated (deterministically, seed 0) into this run's work directory:
+    a private copy, so no other process replacing a shared cache can pull it away mid-run."""
+    if args.model:
+        return Path(args.model).expanduser().absolute()
+    from talaria_cli.tiny_model import ensure_tiny_model
+
+    name = f"tiny-{args.arch}" if args.size == "tiny" else f"{args.arch}-{args.size}"
+    return ensure_tiny_model(workdir / name, args.arch, 0, args.size)
+
+
+def _rank_by_kind(record_dir: Path) -> dict[str, int]:
+    import json
+
+    ops = json.loads((record_dir / "public.json").read_text())["ops"]
+    kinds: dict[str, int] = {}
+    for op in ops:
+        kinds.setdefault(op["name"].split(".")[-1], op["rank"])
+    return kinds
+
+
+def run(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    import torch
+
+    from evaluation.audit import ALL_ATTACKS
+
+    t_start = time.monotonic()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    attacks = tuple(args.attacks.split(",")) if args.attacks else ALL_ATTACKS
+    if unknown := set(attacks) - set(ALL_ATTACKS):
+        _say(f"unknown attacks {sorted(unknown)}; available: {', '.join(ALL_ATTACKS)}")
+        return 2
+    out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="talaria-privacy-quick-")) if args.quick
+                                           else Path("results/privacy"))
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="talaria-privacy-records-"))
+    try:
+        report = _audit(args, attacks, workdir)
+    finally:
+        if not args.keep_records and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return _finish(report, out, t_start)
+
+
+def _audit(args, attacks: tuple[str, ...], workdir: Path) -> dict:
+    import json
+
+    from evaluation.audit import Attacker, AuditConfig, score
+    from evaluation.harness import Setting, collect
+    from evaluation.inverter import InverterConfig
+
+    model_dir = _model_dir(args, workdir)
+    d = json.loads((model_dir / "config.json").read_text())["hidden_size"]
+    prompts = [line.strip() for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
+    prompts = prompts[: args.num_prompts or (12 if args.quick else len(prompts))]
+    ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else sorted({16, 64, 256, d // 2})
+    # 'none' sends x itself; its cloud still publishes bases (rank irrelevant), so nn-proj etc. run on it too.
+    settings = [Setting("none", min(ranks))] + [Setting("remo", r) for r in ranks]
+    cfg = AuditConfig(
+        attacks=attacks,
+        ops=args.ops.split(",") if args.ops else None,
+        inverter=InverterConfig(epochs=args.inverter_epochs or (5 if args.quick else 12)),
+        inverter_seqs=args.inverter_seqs or (40 if args.quick else 400),
+    )
+    _say(f"privacy audit: model {model_dir}, {len(prompts)} prompts, settings "
+         f"{', '.join(s.label for s in settings)}; transcripts in {workdir}")
+    attacker = Attacker(model_dir, cfg, progress=_say)
+    a = attacker.model.arch
+    report = {
+        "model": {"name": model_dir.name, "generated": None if args.model else f"talaria tiny-model --arch {args.arch} "
+                  f"--size {args.size} --seed 0", "family": a.family, "hidden_size": a.hidden_size,
+                  "num_layers": a.num_layers, "vocab_size": a.vocab_size, "candidates": len(attacker.candidates),
+                  "op_order": [f"{i}.{o}" for i in range(a.num_layers) for o in ("qkv", "o", "gate_up", "down")]},
+        "config": {"quick": bool(args.quick), "prompts_file": Path(args.prompts).name, "num_prompts": len(prompts),
+                   "max_tokens": args.max_tokens, "ranks": ranks, "attacks": list(attacks), "ops": cfg.ops,
+                   "inverter": vars(cfg.inverter), "inverter_seqs": cfg.inverter_seqs,
+                   "inverter_len": cfg.inverter_len, "threads": args.threads},
+        "settings": [],
+    }
+    for setting in settings:
+        _say(f"[{setting.label}] collecting transcript through proxy + cloud")
+        t0 = time.monotonic()
+        record_dir, truth = collect(model_dir, setting, prompts, workdir / setting.label, args.max_tokens,
+                                    progress=_say)
+        rows = sum(map(len, truth["steps"]))
+        t1 = time.monotonic()
+        _say(f"[{setting.label}] {rows} rows in {len(truth['steps'])} steps ({t1 - t0:.0f}s); attacking")
+        scored = score(attacker.attack(record_dir), truth)  # the attacker got record_dir only
+        report["settings"].append({
+            "label": setting.label, "scheme": setting.scheme, "rank": setting.rank,
+            "rank_by_kind": _rank_by_kind(record_dir) if setting.scheme == "remo" else {"mask": 0},
+            "rows": rows, "collect_seconds": t1 - t0, "attack_seconds": time.monotonic() - t1, "results": scored,
+        })
+        best = max((c["accuracy"], f"{atk} {op}") for atk, p in scored.items() for op, c in p.items())
+        _say(f"[{setting.label}] done in {time.monotonic() - t0:.0f}s; best {100 * best[0]:.1f}% ({best[1]})")
+    return report
+
+
+def _finish(report: dict, out: Path, t_start: float) -> int:
+    from evaluation import report as R
+
+    none = report["settings"][0]
+    none_best = max((c["0.qkv"]["accuracy"] for c in none["results"].values() if "0.qkv" in c), default=0.0)
+    report["sanity"] = {"none_best_layer0": none_best, "floor": NONE_FLOOR, "passed": none_best >= NONE_FLOOR}
+    report["runtime_seconds"] = time.monotonic() - t_start
+    paths = R.write(report, out)
+    print(R.markdown(report))
+    _say(f"wrote {', '.join(str(p) for p in paths.values())} ({report['runtime_seconds']:.0f}s)")
+    if not report["sanity"]["passed"]:
+        _say(f"FAILED sanity check: the best attack on the unmasked split recovers {100 * none_best:.1f}% "
+             f"< {100 * NONE_FLOOR:.1f}% at layer 0; the attacks are too weak to judge ReMO")
+        return 3
+    return 0

@@ -1,0 +1,117 @@
+"""Write the audit's results: a Markdown table, a JSON file and a PNG plot.
+
+Every number comes from `audit.score` on attacks that ran on recorded files; nothing here is
+computed from anything else. Tables: accuracy (percent of received rows whose token the attack
+recovered) per setting x attack x layer-op; '-' where an attack does not apply (the layer-0
+nearest-neighbour attacks only read layer-0 qkv rows).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _pct(cell: dict | None) -> str:
+    return "-" if cell is None else f"{100 * cell['accuracy']:.1f}"
+
+
+def _ops(report: dict) -> list[str]:
+    ops: list[str] = []
+    for s in report["settings"]:
+        for per_op in s["results"].values():
+            ops.extend(op for op in per_op if op not in ops)
+    order = {name: i for i, name in enumerate(report["model"]["op_order"])}
+    return sorted(ops, key=lambda o: order.get(o, 1 << 30))
+
+
+def best_per_op(setting: dict, ops: list[str]) -> dict[str, tuple[str, float]]:
+    best = {}
+    for op in ops:
+        cells = [(a, per_op[op]["accuracy"]) for a, per_op in setting["results"].items() if op in per_op]
+        if cells:
+            best[op] = max(cells, key=lambda c: c[1])
+    return best
+
+
+def markdown(report: dict) -> str:
+    ops = _ops(report)
+    m = report["model"]
+    cfg = report["config"]
+    lines = [
+        "# Privacy audit: tokens recovered from what the cloud records",
+        "",
+        f"Model `{m['name']}` ({m['family']}, d = {m['hidden_size']}, {m['num_layers']} layers, "
+        f"vocab {m['vocab_size']}, {m['candidates']} candidate tokens); {cfg['num_prompts']} prompts from "
+        f"`{cfg['prompts_file']}`, {cfg['max_tokens']} greedy tokens each; one sequence per step. "
+        f"Each cell: % of the rows the cloud received for that op whose token the attack recovered "
+        f"(the row's own token; prompt and generated tokens alike). ReMO mask scale: the proxy default.",
+        "",
+        "## Best attack per setting",
+        "",
+        "| setting | rank m per op | rows | " + " | ".join(ops) + " |",
+        "|---|---|---|" + "---|" * len(ops),
+    ]
+    for s in report["settings"]:
+        best = best_per_op(s, ops)
+        ranks = ", ".join(f"{k}:{v}" for k, v in s["rank_by_kind"].items())
+        cells = [f"{100 * best[o][1]:.1f} ({best[o][0]})" if o in best else "-" for o in ops]
+        lines.append(f"| {s['label']} | {ranks} | {s['rows']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Every attack", "", "| setting | attack | " + " | ".join(ops) + " |",
+              "|---|---|" + "---|" * len(ops)]
+    for s in report["settings"]:
+        for attack, per_op in s["results"].items():
+            lines.append(f"| {s['label']} | {attack} | " + " | ".join(_pct(per_op.get(o)) for o in ops) + " |")
+    lines += ["", "## Attack details", ""]
+    for s in report["settings"]:
+        notes = []
+        for attack, per_op in s["results"].items():
+            for op, cell in per_op.items():
+                if "pca_rank" in cell:
+                    notes.append(f"{attack} {op}: PCA rank {cell['pca_rank']} (gap {cell['pca_gap']:.1f})")
+                if "projected" in cell:
+                    notes.append(f"{attack} {op}: {'projected' if cell['projected'] else 'full space'} "
+                                 f"(energy ratio {cell['energy_ratio']:.1f})")
+                if "mask_scale_est" in cell:
+                    notes.append(f"{attack} {op}: estimated mask scale {cell['mask_scale_est']:.2f}")
+        lines.append(f"- **{s['label']}** (collect {s['collect_seconds']:.0f}s, attacks {s['attack_seconds']:.0f}s): "
+                     + "; ".join(notes))
+    lines += ["", f"Total runtime {report['runtime_seconds']:.0f}s.", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = _ops(report)
+    settings = report["settings"]
+    fig, axes = plt.subplots(1, len(settings), figsize=(3.2 * len(settings) + 1, 3.6), sharey=True, squeeze=False)
+    for ax, s in zip(axes[0], settings):
+        for attack, per_op in s["results"].items():
+            xs = [i for i, o in enumerate(ops) if o in per_op]
+            ys = [100 * per_op[ops[i]]["accuracy"] for i in xs]
+            style = "o" if len(xs) == 1 else ".-"
+            ax.plot(xs, ys, style, label=attack, alpha=0.85)
+        ax.set_title(s["label"], fontsize=10)
+        ax.set_xticks(range(len(ops)))
+        ax.set_xticklabels(ops, rotation=90, fontsize=6)
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("tokens recovered (%)")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(f"Token recovery from the cloud's transcript ({report['model']['name']})", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write(report: dict, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out_dir / "privacy.md", "json": out_dir / "privacy.json", "png": out_dir / "privacy.png"}
+    paths["md"].write_text(markdown(report))
+    paths["json"].write_text(json.dumps(report, indent=1))
+    plot(report, paths["png"])
+    return paths

@@ -1,0 +1,307 @@
+"""`talaria up`: run the cloud backend and the proxy together on localhost.
+
+This is the one-command demo and development loop. Both sides run as child processes of this
+one (`python -m talaria_cli.main cloud|proxy ...`), exactly as they would run on two hosts, so
+what works here works split. Without `--model` the tiny random-weight Qwen2 checkpoint is
+generated once into the cache (`$TALARIA_HOME/models/tiny-qwen2`, default
+`~/.cache/talaria/models/tiny-qwen2`).
+
+Lifecycle:
+    cloud start -> /health 200 -> proxy start -> /health 200 -> print base URL and examples
+    Ctrl-C / SIGTERM -> stop proxy (it drains in-flight requests) -> stop cloud -> exit 0
+    a child dies -> stop the other -> exit 1, with the dead child's last log lines
+
+The children run in their own sessions so that a terminal Ctrl-C reaches only this process,
+which then stops them in order: the proxy first, because its in-flight requests still need
+the cloud.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from talaria_cli.tiny_model import ARCHS
+
+LOG_TAIL_LINES = 40  # lines of a dead child's output shown in the error
+HOST = "127.0.0.1"  # `up` is a localhost tool; split deployments run `talaria cloud/proxy` directly
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="checkpoint for the cloud: local directory or hub id "
+                                   "(default: a tiny random-weight model generated on first use)")
+    p.add_argument("--arch", choices=ARCHS, default="qwen2",
+                   help="architecture of the generated tiny model when no --model is given (default: qwen2)")
+    p.add_argument("--scheme", choices=["remo", "none"], help="proxy masking scheme (default: remo)")
+    p.add_argument("--port", type=int, help="port of the OpenAI-compatible proxy (default: 8000)")
+    p.add_argument("--cloud-port", type=int, help="port of the cloud backend (default: 8100)")
+    p.add_argument("--config-cloud", metavar="YAML", help="cloud config file (see configs/cloud.yaml)")
+    p.add_argument("--config-proxy", metavar="YAML", help="proxy config file (see configs/proxy.yaml)")
+    p.add_argument("--startup-timeout", type=float, default=600.0, metavar="S",
+                   help="seconds each side may take to become healthy (default: 600)")
+
+
+def tiny_model_dir(arch: str) -> Path:
+    """Cache directory of the generated tiny model of `arch`."""
+    root = os.environ.get("TALARIA_HOME")
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "talaria"
+    return base.expanduser() / "models" / f"tiny-{arch}"
+
+
+def ensure_demo_model(arch: str) -> Path:
+    from talaria_cli.tiny_model import ensure_tiny_model, write_tiny_model
+
+    out = tiny_model_dir(arch)
+    if not (out / "config.json").exists():
+        _say(f"generating the tiny {arch} model in {out} (first use only)")
+        write_tiny_model(out, arch=arch, verbose=True)
+    return ensure_tiny_model(out, arch=arch)
+
+
+class Child:
+    """One `talaria <side>` subprocess; its output is echoed with a prefix and the tail kept."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], url: str):
+        self.name, self.url = name, url
+        self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "talaria_cli.main", name, *argv],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._pump, name=f"{name}-log", daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            self.tail.append(line)
+            print(f"[{self.name}] {line}", file=sys.stderr, flush=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def healthy(self) -> bool:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def last_lines(self) -> str:
+        self._reader.join(timeout=2)  # let the pipe drain after an exit
+        return "\n".join(f"    {line}" for line in self.tail) or "    (no output)"
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM, wait up to `timeout` seconds, then SIGKILL."""
+        if self.alive():
+            _say(f"stopping the {self.name}")
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _say(f"{self.name} did not stop within {timeout:.0f}s; killing it")
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=2)
+
+
+def port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class ChildFailed(RuntimeError):
+    pass
+
+
+def _say(msg: str) -> None:
+    print(f"talaria up: {msg}", file=sys.stderr, flush=True)
+
+
+def wait_healthy(child: Child, timeout: float, stop: threading.Event) -> None:
+    deadline = time.monotonic() + timeout
+    while not stop.is_set():
+        if not child.alive():
+            raise ChildFailed(f"the {child.name} exited with code {child.proc.returncode} while starting; "
+                              f"its last output:\n{child.last_lines()}")
+        if child.healthy():
+            return
+        if time.monotonic() > deadline:
+            raise ChildFailed(f"the {child.name} was not healthy at {child.url}/health after {timeout:.0f}s; "
+                              f"its last output:\n{child.last_lines()}")
+        stop.wait(0.2)
+
+
+def served_model_id(proxy_url: str, api_key: str | None, fallback: str) -> str:
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(proxy_url + "/v1/models")
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.load(resp)["data"][0]["id"]
+    except Exception:  # the examples still work with the checkpoint's name
+        return fallback
+
+
+def banner(base_url: str, model_id: str, scheme: str, cloud_url: str, needs_key: bool) -> str:
+    auth = ' -H "Authorization: Bearer $TALARIA_API_KEY"' if needs_key else ""
+    py_key = 'os.environ["TALARIA_API_KEY"]' if needs_key else '"none"'
+    lines = [
+        "",
+        f"Talaria is up: model {model_id!r}, masking scheme {scheme}.",
+        f"  OpenAI base_url: {base_url}",
+        f"  cloud backend:   {cloud_url} (holds the weights; sees only masked inputs)",
+    ]
+    if needs_key:
+        lines.append("  the proxy requires an API key: export TALARIA_API_KEY=<one of its api_keys>")
+    lines += [
+        "",
+        "Try it with curl (streaming chat completion):",
+        f"  curl -N {base_url}/chat/completions -H 'Content-Type: application/json'{auth} \\",
+        f"    -d '{{\"model\": \"{model_id}\", \"stream\": true, "
+        f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'",
+        "",
+        "or with the OpenAI Python SDK (pip install openai):",
+        *(["  import os"] if needs_key else []),
+        "  from openai import OpenAI",
+        f"  client = OpenAI(base_url=\"{base_url}\", api_key={py_key})",
+        f"  stream = client.chat.completions.create(model=\"{model_id}\", stream=True,",
+        "      messages=[{\"role\": \"user\", \"content\": \"Hello!\"}])",
+        "  for chunk in stream:",
+        "      if chunk.choices:",
+        "          print(chunk.choices[0].delta.content or \"\", end=\"\", flush=True)",
+        "",
+        "Press Ctrl-C to stop.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _configured_model(config_file: str | None) -> str | None:
+    """The cloud model named by the environment or the cloud YAML, if any (flags are handled by the caller)."""
+    if os.environ.get("TALARIA_CLOUD_MODEL"):
+        return os.environ["TALARIA_CLOUD_MODEL"]
+    if config_file and Path(config_file).is_file():
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(config_file).read_text()) or {}
+        except yaml.YAMLError:
+            return None  # load_settings reports it with the file name
+        if isinstance(data, dict) and data.get("model"):
+            return str(data["model"])
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from cloud_backend.settings import CloudSettings
+    from talaria_cli.config import ConfigError, exit_on_config_error, load_settings
+    from talaria_proxy.settings import ProxySettings
+
+    from talaria_cli.tiny_model import TinyModelError
+
+    model = args.model or _configured_model(args.config_cloud)
+    try:
+        # Validate both configs before any slow work (one-line errors); learn the ports and keys.
+        proxy = load_settings(ProxySettings, args.config_proxy, port=args.port, scheme=args.scheme)
+        cloud = load_settings(CloudSettings, args.config_cloud, model=model or "tiny", port=args.cloud_port)
+        for port, flag in ((cloud.port, "--cloud-port"), (proxy.port, "--port")):
+            # Checked up front: another server answering /health there would pass for ours.
+            if not port_free(HOST, port):
+                _say(f"port {port} on {HOST} is already in use; choose another with {flag}")
+                return 2
+        if model is None:
+            model = str(ensure_demo_model(args.arch))
+    except ConfigError as exc:
+        return exit_on_config_error(exc)
+    except TinyModelError as exc:
+        _say(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+    cloud_url = f"http://{HOST}:{cloud.port}"
+    proxy_url = f"http://{HOST}:{proxy.port}"
+    # The cloud on localhost is still reachable by every local user: protect it with a key. It goes
+    # through the environment (above YAML, below flags) so it never shows in `ps`.
+    cloud_key = cloud.api_key or secrets.token_urlsafe(24)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cloud_env = {**env, "TALARIA_CLOUD_API_KEY": cloud_key}
+    proxy_env = {**env, "TALARIA_PROXY_CLOUD_API_KEY": cloud_key}
+
+    cloud_argv = ["--model", model, "--host", HOST, "--port", str(cloud.port)]
+    if args.config_cloud:
+        cloud_argv += ["--config", args.config_cloud]
+    proxy_argv = ["--cloud", cloud_url, "--host", HOST, "--port", str(proxy.port), "--scheme", proxy.scheme]
+    if args.config_proxy:
+        proxy_argv += ["--config", args.config_proxy]
+
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum, _frame):
+        received.append(signum)
+        if stop.is_set():  # a second Ctrl-C: do not wait for the drain
+            for child in children:
+                if child.alive():
+                    child.proc.kill()
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    children: list[Child] = []
+    code = 0
+    try:
+        _say(f"starting the cloud backend on {cloud_url} with {model}")
+        children.append(Child("cloud", cloud_argv, cloud_env, cloud_url))
+        wait_healthy(children[-1], args.startup_timeout, stop)
+        if not stop.is_set():
+            _say(f"starting the proxy on {proxy_url} (scheme {proxy.scheme})")
+            children.append(Child("proxy", proxy_argv, proxy_env, proxy_url))
+            wait_healthy(children[-1], args.startup_timeout, stop)
+        if not stop.is_set():
+            key = proxy.api_keys[0] if proxy.api_keys else None
+            model_id = served_model_id(proxy_url, key, proxy.served_model_name or Path(model).name)
+            print(banner(proxy_url + "/v1", model_id, proxy.scheme, cloud_url, bool(proxy.api_keys)), flush=True)
+        while not stop.is_set():
+            dead = next((c for c in children if not c.alive()), None)
+            if dead is not None:
+                raise ChildFailed(f"the {dead.name} exited unexpectedly with code {dead.proc.returncode}; "
+                                  f"its last output:\n{dead.last_lines()}")
+            stop.wait(0.5)
+        _say(f"received {signal.Signals(received[0]).name}, stopping" if received else "stopping")
+    except ChildFailed as exc:
+        _say(str(exc))
+        code = 1
+    finally:
+        # Proxy first: it drains in-flight requests, which still call the cloud.
+        for child in reversed(children):
+            drain = proxy.shutdown_drain + 10 if child.name == "proxy" else 15.0
+            child.stop(timeout=drain)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if code == 0:
+        _say("stopped")
+    return code
