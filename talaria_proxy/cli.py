@@ -12,7 +12,7 @@ import logging
 import sys
 
 # Flags whose value goes straight into ProxySettings (dest == settings field).
-_SETTING_FLAGS = ("cloud_url", "cloud_api_key", "cloud_timeout", "cloud_wait", "host", "port", "served_model_name",
+_SETTING_FLAGS = ("cloud_url", "cloud_api_key", "cloud_timeout", "cloud_transport", "cloud_wait", "threads", "host", "port", "served_model_name",
                   "scheme", "mask_scale", "api_keys", "cors_origins", "max_batch_tokens", "max_running",
                   "max_waiting", "max_model_len", "max_n", "request_timeout", "shutdown_drain", "log_level")
 
@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cloud", dest="cloud_url", metavar="URL", help="cloud backend base URL (default http://127.0.0.1:8100)")
     p.add_argument("--cloud-api-key", help="bearer token presented to the cloud backend")
     p.add_argument("--cloud-timeout", type=float, help="seconds per cloud call before a request fails (default 30)")
+    p.add_argument("--cloud-transport", choices=["websocket", "http"],
+                   help="how linear calls travel: frames on one WebSocket (default) or one HTTP POST each")
+    p.add_argument("--threads", type=int, help="torch intra-op threads in the proxy (default: torch's)")
     p.add_argument("--cloud-wait", type=float, help="seconds to wait at start for the cloud to come up (default 120)")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
@@ -67,7 +70,12 @@ def run(args: argparse.Namespace) -> int:
     from talaria_proxy.runtime import ProtocolMismatch, build_runtime
     from talaria_proxy.scheduler import SchedulerConfig
 
-    backend = HttpLinearBackend(settings.cloud_url, settings.cloud_api_key, timeout=settings.cloud_timeout)
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    backend = HttpLinearBackend(settings.cloud_url, settings.cloud_api_key, timeout=settings.cloud_timeout,
+                                use_websocket=settings.cloud_transport == "websocket")
     try:
         log.info("waiting for the cloud backend at %s (up to %.0fs)", settings.cloud_url, settings.cloud_wait)
         wait_for_cloud(backend, settings.cloud_wait)

@@ -14,6 +14,7 @@ class ProxySettings(BaseSettings):
     cloud_url: str = "http://127.0.0.1:8100"  # base URL of the cloud backend
     cloud_api_key: str | None = None  # bearer token presented to the cloud
     cloud_timeout: float = Field(30.0, gt=0)  # seconds per cloud call before the request fails (502/503)
+    cloud_transport: Literal["websocket", "http"] = "websocket"  # how linear calls travel (setup is always REST)
     cloud_wait: float = Field(120.0, ge=0)  # seconds to wait at start for the cloud to come up
     host: str = "127.0.0.1"  # bind address of the OpenAI-compatible API
     port: int = Field(8000, ge=1, le=65535)
@@ -29,4 +30,5 @@ class ProxySettings(BaseSettings):
     max_n: int = Field(8, ge=1)  # largest `n` accepted
     request_timeout: float = Field(600.0, gt=0)  # seconds before a request is aborted
     shutdown_drain: float = Field(30.0, ge=0)  # seconds to finish in-flight requests on shutdown
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads in the CVM (None: torch default)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
