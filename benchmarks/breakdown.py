@@ -27,7 +27,7 @@ from talaria_proxy.linear_backend import HttpLinearBackend
 from talaria_wire import decode_tensors, encode_tensors
 from talaria_wire.tensors import MEDIA_TYPE
 
-from benchmarks.common import load_average, median
+from benchmarks.common import load_average, median, median_of_runs
 
 
 @dataclass
@@ -122,38 +122,37 @@ def _reset(rt, backend) -> None:
         setattr(backend.counters, f.name, 0 if f.type == "int" else 0.0)
 
 
-def _steps(rt, backend, prompts, decode_steps: int) -> tuple[dict, dict]:
-    """One prefill step and `decode_steps` decode steps; returns (prefill split, decode split)."""
+def _steps(rt, backend, prompts, decode_steps: int) -> tuple[dict, list[dict]]:
+    """One prefill step, then `decode_steps` greedy decode steps; the split of each step."""
     from talaria_proxy.model import SeqChunk
     from talaria_proxy.sampling import Sampler, SamplingParams
 
-    model, c = rt.model, backend.counters
+    model, c, s = rt.model, backend.counters, rt.linear.stats
     caches = [model.new_cache() for _ in prompts]
     samplers = [Sampler(SamplingParams(max_tokens=10**6, temperature=0), model.arch.vocab_size) for _ in prompts]
 
-    def step(chunks):
+    def step(chunks) -> tuple[list[int], dict]:
+        _reset(rt, backend)
+        t0 = time.perf_counter()
         logits = model.forward(chunks)  # [B, V]
-        t = time.perf_counter()
-        toks = [s.sample(row).token_id for s, row in zip(samplers, logits)]
-        c.sampling_s += time.perf_counter() - t
-        return toks
+        t1 = time.perf_counter()
+        toks = [sm.sample(row).token_id for sm, row in zip(samplers, logits)]
+        t2 = time.perf_counter()
+        c.sampling_s += t2 - t1
+        return toks, split_step(t2 - t0, c, s.cloud_seconds, s.mask_seconds, 1)
 
-    _reset(rt, backend)
-    t0 = time.perf_counter()
-    tokens = step([SeqChunk(cache, p, 0, True) for cache, p in zip(caches, prompts)])
-    s = rt.linear.stats
-    prefill = split_step(time.perf_counter() - t0, c, s.cloud_seconds, s.mask_seconds, 1)
-    _reset(rt, backend)
-    t0 = time.perf_counter()
+    tokens, prefill = step([SeqChunk(cache, p, 0, True) for cache, p in zip(caches, prompts)])
+    decode = []
     for i in range(decode_steps):
-        tokens = step([SeqChunk(cache, [tok], len(p) + i, True) for cache, p, tok in zip(caches, prompts, tokens)])
-    decode = split_step(time.perf_counter() - t0, c, s.cloud_seconds, s.mask_seconds, decode_steps)
+        tokens, split = step([SeqChunk(cache, [t], len(p) + i, True) for cache, p, t in zip(caches, prompts, tokens)])
+        decode.append(split)
     return prefill, decode
 
 
 def profile_engine(cloud_url: str, prompts: list[list[int]], decode_steps: int, batches=(1, 8), repeats: int = 3,
                    say=print, label: str = "") -> dict:
-    """{'batch=B': {'prefill': split, 'decode': split (the repeat with the median total)}}."""
+    """{'batch=B': {'prefill': split, 'decode': split}}: component-wise medians over all steps of all
+    repeats (robust to load spikes of other jobs; the medians need not add up to the median total)."""
     from talaria_proxy.runtime import build_runtime
 
     backend = TimedHttpBackend(cloud_url)
@@ -161,19 +160,21 @@ def profile_engine(cloud_url: str, prompts: list[list[int]], decode_steps: int, 
     try:
         rt = build_runtime(backend, "remo")
         out["wire_dtype"] = rt.manifest.wire_dtype
-        counters = backend.counters
-        with attention_timer(counters):
+        with attention_timer(backend.counters):
             for b in batches:
                 _steps(rt, backend, prompts[:b], 2)  # warm-up
-                runs = [_steps(rt, backend, prompts[:b], decode_steps) for _ in range(repeats)]
-                runs.sort(key=lambda r: r[1]["total_ms"])
-                prefill, decode = runs[len(runs) // 2]
-                decode["load_avg"] = load_average()
-                out[f"batch={b}"] = {"prefill": prefill, "decode": decode}
-                say(f"  profile{label} batch={b}: {decode['total_ms']:.1f} ms/step = GEMM {decode['cloud_gemm_ms']:.1f}"
-                    f" + transport {decode['transport_ms']:.1f} + mask {decode['masking_ms']:.1f}"
-                    f" + attention {decode['attention_ms']:.1f} + sampling {decode['sampling_ms']:.1f}"
-                    f" + other {decode['other_cvm_ms']:.1f}")
+                prefills, decodes = [], []
+                for _ in range(repeats):
+                    prefill, decode = _steps(rt, backend, prompts[:b], decode_steps)
+                    prefills.append(prefill)
+                    decodes += decode
+                d = median_of_runs(decodes)
+                d.update(load_avg=load_average(), steps=len(decodes))
+                out[f"batch={b}"] = {"prefill": median_of_runs(prefills), "decode": d}
+                say(f"  profile{label} batch={b}: {d['total_ms']:.1f} ms/step = GEMM {d['cloud_gemm_ms']:.1f}"
+                    f" + transport {d['transport_ms']:.1f} + mask {d['masking_ms']:.1f}"
+                    f" + attention {d['attention_ms']:.1f} + sampling {d['sampling_ms']:.1f}"
+                    f" + other {d['other_cvm_ms']:.1f} (medians; load {d['load_avg']:.1f})")
         out["arch"] = rt.manifest.arch.model_dump()
     finally:
         backend.close()
@@ -181,14 +182,14 @@ def profile_engine(cloud_url: str, prompts: list[list[int]], decode_steps: int, 
 
 
 # -- pricing the optimisations ------------------------------------------------------------------
-def _timeit(fn, n: int) -> float:
+def _timeit(fn, n: int, stat=median) -> float:
     fn()
     ts = []
     for _ in range(n):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return median(ts)
+    return stat(ts)
 
 
 def attention_batching(arch: dict, batch: int, seq_len: int, reps: int = 20) -> dict[str, float]:
@@ -233,8 +234,8 @@ while True:
 
 
 def raw_socket_round_trip(request_bytes: int, reply_bytes: int, reps: int = 300) -> float:
-    """Seconds per round trip of a length-prefixed request/reply over one loopback TCP connection
-    to another Python process: the floor of a lean binary protocol, no HTTP, no GEMM."""
+    """Mean seconds per round trip of a length-prefixed request/reply over one loopback TCP connection
+    to another Python process: the floor of a lean binary protocol (no HTTP, no parsing, no GEMM)."""
     import struct
 
     proc = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER], stdout=subprocess.PIPE, text=True)
@@ -250,24 +251,24 @@ def raw_socket_round_trip(request_bytes: int, reply_bytes: int, reps: int = 300)
                 while got < reply_bytes:
                     got += len(s.recv(reply_bytes - got))
 
-            return _timeit(once, reps)
+            return _timeit(once, reps, stat=lambda ts: sum(ts) / len(ts))  # mean: keeps the hiccups
     finally:
         proc.kill()
         proc.wait()
 
 
 def connection_reuse(cloud_url: str, op: str, d_in: int, dtype, reps: int = 100) -> dict[str, float]:
-    """ms per call of one row to `op`: kept-alive connection (as the proxy does) vs a new one per call."""
+    """Median ms per one-row call to `op` on a kept-alive connection (what the proxy does) and with
+    `connection: close` (a new TCP connection per call), same httpx client otherwise."""
     import httpx
     import torch
 
     body = encode_tensors({"x": torch.zeros(1, d_in, dtype=dtype)})
-    headers = {"content-type": MEDIA_TYPE}
     with httpx.Client(base_url=cloud_url) as client:
-        kept = _timeit(lambda: client.post(f"/v1/linear/{op}", content=body, headers=headers), reps)
+        def call(close: bool):
+            headers = {"content-type": MEDIA_TYPE, **({"connection": "close"} if close else {})}
+            client.post(f"/v1/linear/{op}", content=body, headers=headers).raise_for_status()
 
-    def fresh():
-        with httpx.Client(base_url=cloud_url) as c:
-            c.post(f"/v1/linear/{op}", content=body, headers=headers)
-
-    return {"kept_alive_ms": kept * 1e3, "new_connection_ms": _timeit(fresh, reps // 2) * 1e3}
+        kept = _timeit(lambda: call(False), reps)
+        fresh = _timeit(lambda: call(True), reps)
+    return {"kept_alive_ms": kept * 1e3, "new_connection_ms": fresh * 1e3}

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from benchmarks.common import load_average, make_prompts, model_dir, write_json
 
-QUICK = {"models": ["tiny"], "prompt_len": 16, "new_tokens": 32, "repeats": 3, "profile_steps": 16}
-FULL = {"models": ["tiny", "0.5b"], "prompt_len": 32, "new_tokens": 32, "repeats": 3, "profile_steps": 16}
+QUICK = {"models": ["tiny"], "prompt_len": 16, "new_tokens": 32, "repeats": 5, "profile_steps": 16}
+FULL = {"models": ["tiny", "0.5b"], "prompt_len": 32, "new_tokens": 32, "repeats": 5, "profile_steps": 16}
 
 
 def _say(msg: str) -> None:
@@ -58,31 +58,61 @@ def _decode(path: Path, tokens: list[int]) -> str:
     return AutoTokenizer.from_pretrained(path).decode(tokens)
 
 
+def _interleaved(hf, tal, repeats: int, hf_threads=(1, 2)) -> tuple[dict, dict]:
+    """Alternate HF and Talaria samples so that both see the same (shared, varying) machine load."""
+    from benchmarks.common import hf_metrics, median_of_runs
+
+    hf_samples = {(t, b): [] for t in hf_threads for b in (1, 8)}
+    tal_samples: dict[int, list] = {1: [], 8: []}
+    loads = []
+    for r in range(repeats):
+        loads.append(load_average())
+        for b in (1, 8):
+            for t in hf_threads:
+                hf_samples[t, b].append(hf.sample(t, b))
+            tal_samples[b].append(tal.sample(b))
+        _say(f"  round {r + 1}/{repeats}: HF b1 {hf_samples[hf_threads[0], 1][-1][1]:.2f}s, Talaria 1 stream "
+             f"{tal_samples[1][-1]['total_s']:.2f}s, Talaria 8 streams {tal_samples[8][-1]['total_s']:.2f}s "
+             f"(load {loads[-1]:.1f})")
+    points = {}
+    for (t, b), samples in hf_samples.items():
+        m = median_of_runs([hf_metrics(first, total, b, hf.new_tokens) for first, total in samples])
+        m.update(threads=t, batch=b, repeats=repeats)
+        points[f"threads={t},batch={b}"] = m
+    talaria = {f"streams={k}": {"metrics": {**median_of_runs(v), "streams": k, "repeats": repeats}}
+               for k, v in tal_samples.items()}
+    return {"points": points, "load_avg": loads}, talaria
+
+
 def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool) -> dict:
+    import torch
+
     from benchmarks import breakdown, servers
-    from benchmarks.hf_baseline import run_hf
-    from benchmarks.streams import run_talaria
+    from benchmarks.hf_baseline import HFBaseline
+    from benchmarks.streams import TalariaClient
 
     path = model_dir(size)
     prompts = make_prompts(8, cfg["prompt_len"], 3, _tokenizer_size(path), seed=0)
     n, reps = cfg["new_tokens"], cfg["repeats"]
     res: dict = {"size": size, "path": str(path)}
-    _say(f"[{size}] HF transformers generate")
-    res["hf"] = run_hf(path, prompts, n, repeats=reps, say=_say)
-
-    import torch
-
-    torch.set_num_threads(1)  # this process now plays client and, for the profile, the CVM
+    torch.set_num_threads(1)  # this process is the client and, in the profile, the CVM (HF sets its own)
     _say(f"[{size}] starting talaria cloud (float64, 1 thread) and proxy (1 thread)")
     cloud = servers.start_cloud(path, log_dir).wait_ready()
-    proxy = None
+    proxy = hf = tal = None
     try:
         proxy = servers.start_proxy(cloud.url, log_dir).wait_ready()
-        res["talaria"] = run_talaria(proxy, cloud, prompts, n, repeats=reps, say=_say)
-        text = res["talaria"]["streams=1"]["texts"][0]
-        res["talaria"]["streams=1"]["matches_hf_text"] = text == _decode(path, res["hf"]["tokens_prompt0"])
-        for run in res["talaria"].values():
-            run.pop("texts")
+        hf = HFBaseline(path, prompts, n)
+        tal = TalariaClient(proxy, cloud, prompts, n)
+        _say(f"[{size}] warm-up, then {reps} interleaved rounds of HF (1, 2 threads) and Talaria (1, 8 streams)")
+        hf.warm_up()
+        tal.warm_up()
+        res["hf"], res["talaria"] = _interleaved(hf, tal, reps)
+        res["hf"]["tokens_prompt0"] = hf.tokens_prompt0
+        res["talaria"]["streams=1"]["matches_hf_text"] = None
+        tal.sample(1)  # texts of one stream, compared with HF's greedy text
+        res["talaria"]["streams=1"]["matches_hf_text"] = tal.texts[0] == _decode(path, hf.tokens_prompt0)
+        hf.close()
+        hf = None
         proxy.stop()
         proxy = None
         _say(f"[{size}] in-process step profile")
@@ -98,6 +128,10 @@ def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool) -> dict:
         }
         _say(f"  micro: {res['micro']}")
     finally:
+        if tal is not None:
+            tal.close()
+        if hf is not None:
+            hf.close()
         if proxy is not None:
             proxy.stop()
         cloud.stop()

@@ -13,8 +13,7 @@ import time
 
 import httpx
 
-from benchmarks.common import (StreamRecord, load_average, median, median_of_runs, metric_delta, parse_prometheus,
-                               per_token_from_metrics, stream_metrics)
+from benchmarks.common import StreamRecord, metric_delta, parse_prometheus, per_token_from_metrics, stream_metrics
 from benchmarks.servers import Server
 
 
@@ -39,42 +38,46 @@ async def _one_stream(client, model: str, prompt: list[int], new_tokens: int) ->
     return StreamRecord(t_start, t_first, t_end, tokens), "".join(text)
 
 
-def _scrape(proxy: Server) -> dict[str, float]:
-    return parse_prometheus(httpx.get(proxy.url + "/metrics", timeout=10).text)
+class TalariaClient:
+    """Runs k concurrent streams against a started proxy (and reads its cloud's CPU time)."""
 
+    def __init__(self, proxy: Server, cloud: Server, prompts: list[list[int]], new_tokens: int):
+        self.proxy, self.cloud, self.prompts, self.new_tokens = proxy, cloud, prompts, new_tokens
+        self.texts: list[str] = []
+        self.loop = asyncio.new_event_loop()
+        self.model = self.loop.run_until_complete(self._model_name())
 
-async def _run_streams(proxy: Server, cloud: Server, prompts: list[list[int]], new_tokens: int, repeats: int,
-                       say) -> dict:
-    import openai
+    async def _model_name(self) -> str:
+        async with self._client() as client:
+            return (await client.models.list()).data[0].id
 
-    async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="bench", max_retries=0, timeout=1800) as client:
-        model = (await client.models.list()).data[0].id
-        await _one_stream(client, model, prompts[0], 4)  # warm-up: connections, first-call paths
-        runs, wires, texts = [], [], []
-        loads = []
-        for _ in range(repeats):
-            loads.append(load_average())
-            before, p_cpu, c_cpu = _scrape(proxy), proxy.cpu_seconds(), cloud.cpu_seconds()
-            done = await asyncio.gather(*[_one_stream(client, model, p, new_tokens) for p in prompts])
-            p_cpu, c_cpu = proxy.cpu_seconds() - p_cpu, cloud.cpu_seconds() - c_cpu
-            delta = metric_delta(before, _scrape(proxy))
-            runs.append(stream_metrics([rec for rec, _ in done]))
-            wires.append(per_token_from_metrics(delta, p_cpu, c_cpu))
-            texts = [t for _, t in done]
-            # server-side time to first token: histogram sum / count of this run
-            n = delta.get("talaria_time_to_first_token_seconds_count", 0)
-            runs[-1]["ttft_server_ms"] = delta.get("talaria_time_to_first_token_seconds_sum", 0) / n * 1e3 if n else None
-        out = median_of_runs(runs)
-        out.update(median_of_runs(wires))
-        out.update(streams=len(prompts), repeats=repeats, load_avg=median(loads))
-        say(f"  Talaria {len(prompts)} stream(s): {out['ms_per_token']:.1f} ms/token, {out['tokens_per_s']:.1f} tok/s, "
-            f"TTFT {out['ttft_ms']:.1f} ms, {out['calls_per_token']:.1f} calls/token (load {out['load_avg']:.1f})")
-        return {"metrics": out, "texts": texts}
+    def _client(self):
+        import openai
 
+        return openai.AsyncOpenAI(base_url=self.proxy.url + "/v1", api_key="bench", max_retries=0, timeout=1800)
 
-def run_talaria(proxy: Server, cloud: Server, prompts: list[list[int]], new_tokens: int, stream_counts=(1, 8),
-                repeats: int = 3, say=print) -> dict:
-    results = {}
-    for k in stream_counts:
-        results[f"streams={k}"] = asyncio.run(_run_streams(proxy, cloud, prompts[:k], new_tokens, repeats, say))
-    return results
+    def _scrape(self) -> dict[str, float]:
+        return parse_prometheus(httpx.get(self.proxy.url + "/metrics", timeout=10).text)
+
+    async def _run(self, k: int, n: int) -> list:
+        async with self._client() as client:
+            return await asyncio.gather(*[_one_stream(client, self.model, p, n) for p in self.prompts[:k]])
+
+    def warm_up(self) -> None:
+        self.loop.run_until_complete(self._run(8, 4))
+
+    def sample(self, k: int) -> dict[str, float]:
+        """One run of k streams: client-side metrics plus per-token figures from the proxy."""
+        before, p_cpu, c_cpu = self._scrape(), self.proxy.cpu_seconds(), self.cloud.cpu_seconds()
+        done = self.loop.run_until_complete(self._run(k, self.new_tokens))
+        p_cpu, c_cpu = self.proxy.cpu_seconds() - p_cpu, self.cloud.cpu_seconds() - c_cpu
+        delta = metric_delta(before, self._scrape())
+        out = stream_metrics([rec for rec, _ in done])
+        out.update(per_token_from_metrics(delta, p_cpu, c_cpu))
+        n = delta.get("talaria_time_to_first_token_seconds_count", 0)
+        out["ttft_server_ms"] = delta.get("talaria_time_to_first_token_seconds_sum", 0) / n * 1e3 if n else None
+        self.texts = [t for _, t in done]
+        return out
+
+    def close(self) -> None:
+        self.loop.close()

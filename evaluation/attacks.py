@@ -104,36 +104,48 @@ def match_tokens(model, variants: list[MatchVariant], segments, candidates: torc
     every candidate, take the input of its op at this position, keep the candidate whose projected
     input is nearest to the projected observation, and append that token to its prefix. Errors
     propagate, as they would for a real attacker. Variants whose recovered prefixes are identical
-    share one candidate pass (same prefix, same model: same inputs), which is what makes running
-    every op cheap; the result is the same as running each variant alone.
-    Returns predicted token ids [n] per variant.
+    share one candidate pass (same prefix, same model: same inputs); the result is the same as
+    running each variant alone. Returns predicted token ids [n] per variant.
     """
     order = {name: i for i, name in enumerate(BLOCK_OPS)}
-    deepest = max((OpKey.parse(v.op) for v in variants), key=lambda k: (k.layer, order[k.op]))
-    # every pass runs as far as the deepest op, so every variant's cache stays complete
+    keys = [OpKey.parse(v.op) for v in variants]
+    depth = [(k.layer, order[k.op]) for k in keys]
     obs_p = [project_out(v.obs, v.remove) for v in variants]  # [n, d] each
     preds = [torch.full((v.obs.shape[0],), -1, dtype=torch.long) for v in variants]
     t0 = time.monotonic()
     passes = 0
     for s, seg in enumerate(segments):
-        caches = [model.new_prefix(len(seg.rows) + 1) for _ in variants]
+        cache = model.new_prefix(len(seg.rows) + 1, len(variants))  # one prefix hypothesis per variant
         prefixes: list[list[int]] = [[] for _ in variants]
         for row, pos in zip(seg.rows, seg.positions):
+            if pos != cache.length:
+                raise ValueError(f"segment positions are not contiguous at row {row}")
             groups: dict[tuple[int, ...], list[int]] = {}
             for j, prefix in enumerate(prefixes):
                 groups.setdefault(tuple(prefix), []).append(j)
+            # A group runs on its deepest member's cache: each variant's cache is exact for the layers
+            # its own op reads, so the deepest member's covers everyone in the group.
+            by_layer: dict[int, list[tuple[int, list[int]]]] = {}
             for members in groups.values():
-                if pos != caches[members[0]].length:
-                    raise ValueError(f"segment positions are not contiguous at row {row}")
+                leader = max(members, key=lambda j: depth[j])
+                by_layer.setdefault(keys[leader].layer, []).append((leader, members))
+            for batch in by_layer.values():
+                stop = keys[max((lead for lead, _ in batch), key=lambda j: depth[j])]
                 captured: dict[str, torch.Tensor] = {}
-                _, kv = model.candidate_inputs(caches[members[0]], candidates, deepest, captured)
+                hyps = torch.tensor([lead for lead, _ in batch])
+                _, kv = model.candidate_inputs(cache, hyps, candidates, stop, captured)  # [G, C, d]
                 passes += 1
-                for j in members:
-                    ref = project_out(captured[variants[j].op], variants[j].remove)  # [C, d]
-                    best = int((ref - obs_p[j][row]).pow(2).sum(1).argmin())
-                    preds[j][row] = candidates[best]
-                    prefixes[j].append(best)
-                    model.extend(caches[j], kv, best)
+                picks: list[tuple[int, int, int]] = []  # (variant, row of the pass, candidate index)
+                for g, (_, members) in enumerate(batch):
+                    for j in members:
+                        ref = project_out(captured[variants[j].op][g], variants[j].remove)  # [C, d]
+                        best = int((ref - obs_p[j][row]).pow(2).sum(1).argmin())
+                        preds[j][row] = candidates[best]
+                        prefixes[j].append(best)
+                        picks.append((j, g, best))
+                hyp_idx, pass_row, cand = (torch.tensor(c) for c in zip(*picks))
+                model.write_kv(cache, kv, hyp_idx, pass_row, cand)
+            cache.length += 1
         if progress is not None and (s + 1) % 25 == 0:
             progress(f"    matching: {s + 1}/{len(segments)} sequences, {passes} candidate passes "
                      f"({time.monotonic() - t0:.0f}s)")

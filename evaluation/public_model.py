@@ -13,12 +13,13 @@ This is an independent re-implementation from the checkpoint (weights fused and 
 Two entry points:
   * `sequence_inputs(ids)`: teacher-forced inputs of every op for whole sequences (inverter
     training data, tests);
-  * `candidate_inputs(prefix, candidates, stop)`: the op input at the next position for every
-    candidate token at once, over a cached prefix: the inner loop of the token-by-token matcher
-    of "Hidden No More" (arXiv 2505.18332).
+  * `candidate_inputs(cache, hyps, candidates, stop)`: the op input at the next position for every
+    candidate token at once, over the cached prefixes of G hypotheses: the inner loop of the
+    token-by-token matcher of "Hidden No More" (arXiv 2505.18332).
 
-Shape legend: B sequences, T tokens per sequence, C candidates, S cached prefix positions,
-d hidden, H/Hkv heads, D head dim, I MLP width, V vocab.
+Shape legend: B sequences (or prefix hypotheses), T tokens per sequence, G hypotheses in one pass,
+C candidates, S cached prefix positions, L layers, d hidden, H/Hkv heads, D head dim, I MLP width,
+V vocab.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def rms_nogain(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 @dataclass
 class PrefixCache:
-    """K/V of the recovered prefix of one sequence, per layer: [L, S_max, Hkv, D]."""
+    """K/V of B prefix hypotheses of one sequence, all of the same length: [B, L, S_max, Hkv, D]."""
 
     k: torch.Tensor
     v: torch.Tensor
@@ -144,47 +145,52 @@ class PublicModel:
         return capture
 
     # -- candidates over a cached prefix -------------------------------------------------------
-    def new_prefix(self, max_len: int) -> PrefixCache:
+    def new_prefix(self, max_len: int, hypotheses: int = 1) -> PrefixCache:
         a = self.arch
-        shape = (a.num_layers, max_len, a.num_kv_heads, a.head_dim)
+        shape = (hypotheses, a.num_layers, max_len, a.num_kv_heads, a.head_dim)
         return PrefixCache(torch.zeros(shape), torch.zeros(shape))
 
     @torch.no_grad()
-    def candidate_inputs(self, cache: PrefixCache, candidates: torch.Tensor, stop: OpKey,
+    def candidate_inputs(self, cache: PrefixCache, hyps: torch.Tensor, candidates: torch.Tensor, stop: OpKey,
                          capture: dict | None = None):
-        """Input of op `stop` at position S = cache.length for each candidate token [C].
+        """Input of op `stop` at position S = cache.length, for every candidate token [C] appended to
+        each of the prefix hypotheses `hyps` [G] (indices into the cache).
 
-        Returns (x [C, d_in], kv) where kv[i] = (k, v) [C, Hkv, D] of each candidate at every layer
-        it passed; `extend` appends the chosen candidate's to the cache. `capture`, if given, also
-        receives the inputs of every op passed on the way ({op name: [C, d_in]}).
+        Returns (x [G, C, d_in], kv) with kv[i] = (k, v) [G, C, Hkv, D] of the candidates at every
+        layer passed; `write_kv` stores the chosen ones. `capture`, if given, also receives the
+        inputs of every op passed on the way ({op name: [G, C, d_in]}).
         """
         a = self.arch
         S = cache.length
+        G, C = hyps.shape[0], candidates.shape[0]
         groups = a.num_heads // a.num_kv_heads
         scale = a.head_dim**-0.5
-        window = a.sliding_window
-        C = candidates.shape[0]
+        lo = 0 if a.sliding_window is None else max(0, S + 1 - a.sliding_window)  # window includes the candidate
+        kc, vc = cache.k[hyps, :, lo:S], cache.v[hyps, :, lo:S]  # [G, L, S', Hkv, D]
         kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
         def attend(i, q, k, v):
+            k, v = k.view(G, C, a.num_kv_heads, a.head_dim), v.view(G, C, a.num_kv_heads, a.head_dim)
             kv[i] = (k, v)
-            lo = 0 if window is None else max(0, S + 1 - window)  # the window includes the candidate itself
-            kp, vp = cache.k[i, lo:S], cache.v[i, lo:S]  # [S', Hkv, D]
-            qg = q.view(C, a.num_kv_heads, groups, a.head_dim)  # query head n*groups+j reads kv head n
-            s_pre = torch.einsum("cngd,snd->cngs", qg, kp) * scale  # [C, Hkv, g, S']
-            s_self = torch.einsum("cngd,cnd->cng", qg, k)[..., None] * scale  # [C, Hkv, g, 1]
+            qg = q.view(G, C, a.num_kv_heads, groups, a.head_dim)  # query head n*groups+j reads kv head n
+            s_pre = torch.einsum("acngd,asnd->acngs", qg, kc[:, i]) * scale  # [G, C, Hkv, g, S']
+            s_self = torch.einsum("acngd,acnd->acng", qg, k)[..., None] * scale  # [G, C, Hkv, g, 1]
             w = torch.softmax(torch.cat([s_pre, s_self], -1), -1)
-            out = torch.einsum("cngs,snd->cngd", w[..., :-1], vp) + w[..., -1:] * v[:, :, None, :]
-            return out.reshape(C, a.q_size)
+            out = torch.einsum("acngs,asnd->acngd", w[..., :-1], vc[:, i]) + w[..., -1:] * v[:, :, :, None, :]
+            return out.reshape(G * C, a.q_size)
 
-        positions = torch.tensor([S])  # one position for all candidates: RoPE tables broadcast over C
-        x = self._blocks(self.embed[candidates], positions, attend, stop, capture)
-        return x, kv
+        positions = torch.tensor([S])  # one position for all rows: RoPE tables broadcast
+        h = self.embed[candidates].repeat(G, 1)  # [G*C, d]
+        sub: dict[str, torch.Tensor] = {}
+        x = self._blocks(h, positions, attend, stop, sub)
+        if capture is not None:
+            capture.update({name: t.view(G, C, -1) for name, t in sub.items()})
+        return x.view(G, C, -1), kv
 
     @staticmethod
-    def extend(cache: PrefixCache, kv: dict, index: int) -> None:
-        """Append candidate `index`'s K/V (layers it reached) at position cache.length."""
+    def write_kv(cache: PrefixCache, kv: dict, hyps: torch.Tensor, rows: torch.Tensor, picks: torch.Tensor) -> None:
+        """cache[hyps[j]] at position cache.length <- K/V of candidate picks[j] in pass row rows[j],
+        for every layer the pass reached. The caller advances cache.length once per position."""
         for i, (k, v) in kv.items():
-            cache.k[i, cache.length] = k[index]
-            cache.v[i, cache.length] = v[index]
-        cache.length += 1
+            cache.k[hyps, i, cache.length] = k[rows, picks]
+            cache.v[hyps, i, cache.length] = v[rows, picks]

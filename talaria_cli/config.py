@@ -42,7 +42,8 @@ def load_settings(cls: type[S], config_file: str | Path | None = None, **overrid
         where = f" in {config_file}" if config_file else ""
         raise ConfigError(f"invalid config{where}: {key}: {first['msg']} (got {first.get('input')!r})") from None
     except Exception as exc:  # malformed YAML and the like
-        raise ConfigError(f"cannot read config{' ' + str(config_file) if config_file else ''}: {exc}") from None
+        detail = " ".join(str(exc).split())  # YAML errors span several lines; the contract is one
+        raise ConfigError(f"cannot read config{' ' + str(config_file) if config_file else ''}: {detail}") from None
 
 
 def exit_on_config_error(exc: ConfigError) -> int:
