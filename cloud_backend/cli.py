@@ -13,7 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="port (default 8100)")
     p.add_argument("--api-key", help="require this bearer token from the proxy")
     p.add_argument("--device", help="torch device for weights and GEMMs (default cpu)")
-    p.add_argument("--compute-dtype", choices=["float64", "float32"], help="GEMM/wire dtype (default float64)")
+    p.add_argument("--compute-dtype", choices=["mixed", "float64", "float32"],
+                   help="GEMM precision: mixed (default: float64 wire, float32 GEMM on the mask-free part), "
+                        "float64, or float32 (lossy with large masks)")
     p.add_argument("--mask-rank", type=int, help="ReMO rank m for every op (default 64)")
     p.add_argument("--basis-seed", type=int, help="seed of the public ReMO bases (default 0)")
     p.add_argument("--record", dest="record_dir", metavar="DIR", help="record every received call into DIR")
@@ -29,11 +31,13 @@ def build_service(settings):
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    dtype = getattr(torch, settings.compute_dtype)
-    model = load_prepared_model(settings.model, dtype=dtype, device=settings.device)
+    weight_dtype = torch.float64 if settings.compute_dtype == "float64" else torch.float32
+    wire_dtype = torch.float32 if settings.compute_dtype == "float32" else torch.float64
+    model = load_prepared_model(settings.model, dtype=weight_dtype, device=settings.device)
     return MaskedLinearService(
         model,
         basis_seed=settings.basis_seed,
+        wire_dtype=wire_dtype,
         default_rank=settings.mask_rank,
         rank_overrides=settings.mask_ranks,
         record_dir=settings.record_dir,

@@ -3,8 +3,16 @@
 ReMO, cloud half: for each op the public basis M_pub [m, d_in] comes from the manifest seed and
 R_pub = M_pub W [m, d_out] is computed once and handed to the CVM, which recovers
     y = y~ - M_pvt R_pub = (x + M_pvt M_pub) W + b - M_pvt M_pub W = x W + b.
-GEMMs run in the wire dtype (float64 by default): with masks much larger than the signal, fp32,
-TF32 or bf16 products lose the low bits of x W that greedy decoding needs (see design notes).
+Precision modes (`compute`):
+  float64  x~ W in float64 (weights stored in float64).
+  mixed    (default) float64 on the wire; the cloud splits x~ along the public basis B = M_pub:
+               c = x~ B^T,   x_perp = x~ - c B,   y~ = x_perp W  (float32)  +  c R_pub  (float64)
+           Since the mask lies in span(B), x_perp = x - (x B^T) B carries no mask and has the size
+           of x, so the float32 GEMM rounds like plain float32 inference; the mask-sized part goes
+           through the float64 m x d_out product. Weights stay float32 (half the memory traffic).
+  float32  x~ W in float32 on a float32 wire: with masks much larger than the signal the rounding
+           error scales with the mask (measurement only; see results/precision).
+The split uses nothing but what the cloud already knows (B is public), so it leaks nothing new.
 """
 
 from __future__ import annotations
@@ -50,26 +58,38 @@ class MaskedLinearService:
         model: PreparedModel,
         *,
         basis_seed: int = 0,
+        wire_dtype: torch.dtype = torch.float64,
         default_rank: int = 64,
         rank_overrides: dict[str, int] | None = None,
         record_dir: str | Path | None = None,
     ):
         self.model = model
-        dtype = next(iter(model.ops.values())).weight.dtype
+        weight_dtype = next(iter(model.ops.values())).weight.dtype
+        # mixed: float32 weights, float64 wire; otherwise the wire carries the weights' dtype
+        self.mixed = weight_dtype == torch.float32 and wire_dtype == torch.float64
+        if not self.mixed and wire_dtype != weight_dtype:
+            raise ValueError(f"wire dtype {wire_dtype} needs float64 or float32 weights, got {weight_dtype}")
+        dtype = wire_dtype
         self.dtype = dtype
         self.ranks = resolve_ranks(model, default_rank, rank_overrides)
         self.bases: dict[str, torch.Tensor] = {}
         self.recovery: dict[str, torch.Tensor] = {}
+        self._basis_dev: dict[str, torch.Tensor] = {}
+        self._recovery_dev: dict[str, torch.Tensor] = {}
         t0 = time.monotonic()
         keys = all_op_keys(model.arch.num_layers)
         for n, key in enumerate(keys, 1):
             w = model.ops[key.name].weight  # [d_in, d_out]
             basis = public_basis(basis_seed, key.name, self.ranks[key.name], w.shape[0])  # [m, d_in]
             self.bases[key.name] = basis
-            self.recovery[key.name] = (basis.to(w.device, w.dtype) @ w).cpu()  # R_pub: [m, d_out]
+            recovery = basis.to(w.device, dtype) @ w.to(dtype)  # R_pub: [m, d_out]
+            self.recovery[key.name] = recovery.cpu()
+            if self.mixed:  # kept on the device for the split GEMM
+                self._basis_dev[key.name] = basis.to(w.device)
+                self._recovery_dev[key.name] = recovery
             if n % 16 == 0 or n == len(keys):
                 log.info("recovery tensors %d/%d (%.1fs)", n, len(keys), time.monotonic() - t0)
-        fingerprint_src = f"{model.weights_digest}:{basis_seed}:{sorted(self.ranks.items())}:{dtype}"
+        fingerprint_src = f"{model.weights_digest}:{basis_seed}:{sorted(self.ranks.items())}:{dtype}:{self.mixed}"
         self.manifest = Manifest(
             protocol=PROTOCOL_VERSION,
             model_name=model.name,
@@ -106,7 +126,14 @@ class MaskedLinearService:
             self.recorder.record(OpKey.parse(name), x)
         self.calls += 1
         w = op.weight
-        y = x.to(w.device) @ w  # [N, d_out]
+        x = x.to(w.device)
+        if self.mixed:
+            basis = self._basis_dev[name]  # [m, d_in] orthonormal rows
+            coords = x @ basis.T  # c: [N, m]
+            x_perp = torch.addmm(x, coords, basis, alpha=-1)  # x~ - c B: [N, d_in], mask-free
+            y = torch.addmm((x_perp.float() @ w).double(), coords, self._recovery_dev[name])  # [N, d_out]
+        else:
+            y = x @ w  # [N, d_out]
         if op.bias is not None:
-            y += op.bias
+            y += op.bias.to(y.dtype)
         return y.cpu()

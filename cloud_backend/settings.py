@@ -16,7 +16,9 @@ class CloudSettings(BaseSettings):
     port: int = Field(8100, ge=1, le=65535)
     api_key: str | None = None  # bearer token the proxy must present (None: open)
     device: str = "cpu"  # torch device for the weights and GEMMs, e.g. cuda:0
-    compute_dtype: Literal["float64", "float32"] = "float64"  # GEMM and wire dtype; float64 keeps ReMO lossless
+    # mixed: float64 wire, float32 GEMM on the mask-free complement of the public basis + float64 on
+    # the basis (lossless like float32 inference); float64: everything float64; float32: lossy with masks
+    compute_dtype: Literal["mixed", "float64", "float32"] = "mixed"
     mask_rank: int = Field(64, ge=1)  # default ReMO rank m of every op (capped at d_in - 1)
     mask_ranks: dict[str, int] = Field(default_factory=dict)  # per op kind ('lm_head') or op ('3.qkv')
     basis_seed: int = 0  # seed of the public bases M_pub (public by design)
