@@ -5,9 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
-# torch comes from the PyTorch CPU index (an extra index: PyPI stays the fallback). Its version is
-# pinned by constraints.txt; the +cpu local label still matches. GPU hosts: see Dockerfile.cloud.
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# torch is pinned by constraints.txt (2.13.0; a +cpu build matches too). Set TORCH_INDEX to an extra
+# wheel index (e.g. PyTorch's CPU index) where the default registry would pull a CUDA build;
+# GPU hosts: see Dockerfile.cloud.
+TORCH_INDEX ?=
 ARGS ?=
 
 .PHONY: up test setup clean
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 		{ echo "Talaria needs Python >= 3.11; run: make PYTHON=python3.11 ..." >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt --no-deps --extra-index-url $(TORCH_INDEX) torch
+	$(PIP) install --quiet -c constraints.txt --no-deps $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch
 	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 

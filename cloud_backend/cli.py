@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
 
     from cloud_backend.server import build_app
 
-    service = build_service(settings)
+    from cloud_backend.checkpoint import CheckpointError
+
+    try:
+        service = build_service(settings)
+    except (CheckpointError, OSError, ValueError) as exc:  # missing path, unknown hub id, unsupported model
+        print(f"talaria cloud: cannot serve {settings.model!r}: {' '.join(str(exc).split())[:500]}", file=sys.stderr)
+        return 2
     if settings.record_dir:
         logging.getLogger(__name__).warning("recording every received call into %s", settings.record_dir)
     app = build_app(service, api_key=settings.api_key)

@@ -60,3 +60,11 @@ def test_unsupported_architecture_is_refused():
 
     with pytest.raises(CheckpointError, match="unsupported model_type 'gpt2'"):
         arch_from_config(GPT2Config())
+
+
+def test_cloud_command_reports_an_unloadable_checkpoint_in_one_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "talaria_cli.main", "cloud", "--model", str(tmp_path / "missing")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.startswith("talaria cloud: cannot serve") and len(out.stderr.strip().splitlines()) == 1
