@@ -32,6 +32,9 @@ def build_service(settings):
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    # TF32 would round the float32 GEMM inputs to 10 mantissa bits: far from lossless (see service.py)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     weight_dtype = torch.float64 if settings.compute_dtype == "float64" else torch.float32
     wire_dtype = torch.float32 if settings.compute_dtype == "float32" else torch.float64
     model = load_prepared_model(settings.model, dtype=weight_dtype, device=settings.device)
