@@ -69,10 +69,21 @@ def start(command: str, args: list[str], log_dir: Path, threads: int = 1) -> Ser
     return Server(proc, f"http://127.0.0.1:{port}", log_path, threads)
 
 
-def start_cloud(model: Path, log_dir: Path, threads: int = 1, dtype: str = "float64") -> Server:
-    return start("cloud", ["--model", str(model), "--threads", str(threads), "--compute-dtype", dtype,
+def start_cloud(model: Path, log_dir: Path, compute_dtype: str, threads: int = 1) -> Server:
+    return start("cloud", ["--model", str(model), "--threads", str(threads), "--compute-dtype", compute_dtype,
                            "--log-level", "warning"], log_dir, threads)
 
 
-def start_proxy(cloud_url: str, log_dir: Path, threads: int = 1) -> Server:
-    return start("proxy", ["--cloud", cloud_url, "--log-level", "warning", "--cloud-wait", "600"], log_dir, threads)
+def start_proxy(cloud_url: str, log_dir: Path, transport: str, threads: int = 1) -> Server:
+    return start("proxy", ["--cloud", cloud_url, "--cloud-transport", transport, "--threads", str(threads),
+                           "--log-level", "warning", "--cloud-wait", "600"], log_dir, threads)
+
+
+def defaults() -> dict:
+    """The precision mode and transport that `talaria cloud` / `talaria proxy` use by default."""
+    from cloud_backend.settings import CloudSettings
+    from talaria_proxy.settings import ProxySettings
+
+    cloud, proxy = CloudSettings.model_fields, ProxySettings.model_fields
+    return {"compute_dtype": cloud["compute_dtype"].default, "mask_rank": cloud["mask_rank"].default,
+            "transport": proxy["cloud_transport"].default, "mask_scale": proxy["mask_scale"].default}

@@ -4,10 +4,10 @@ Per model, in one run on one machine:
   1. HF `generate` in this process (batch 1 and 8; 1 and 2 torch threads; the better is the baseline);
   2. `talaria cloud` + `talaria proxy` subprocesses (one OpenMP thread each), driven through the
      OpenAI endpoint with 1 stream and 8 concurrent streams (`benchmarks.streams`);
-  3. the in-process step profile against the same cloud (`benchmarks.breakdown`), then against
-     variant clouds (float32 wire; 2 cloud threads) that price two of the optimisations directly;
-  4. micro-measurements for the others (batched attention, a raw-socket transport floor, a new
-     connection per call).
+  3. micro-measurements (batched attention, a raw-socket transport floor, a new connection per call);
+  4. the in-process step profile (`benchmarks.breakdown`) of the default setup, then of variants that
+     each change one thing (other transport, 2 cloud threads, other precision modes), which price
+     optimisations directly.
 The report (`benchmarks.speed_report`) writes bench.md, bench.json and bench.png.
 """
 
@@ -21,8 +21,10 @@ from pathlib import Path
 
 from benchmarks.common import load_average, make_prompts, model_dir, write_json
 
-QUICK = {"models": ["tiny"], "prompt_len": 16, "new_tokens": 32, "repeats": 5, "profile_steps": 16}
-FULL = {"models": ["tiny", "0.5b"], "prompt_len": 32, "new_tokens": 32, "repeats": 5, "profile_steps": 16}
+# repeats: interleaved HF/Talaria rounds per model size (the 0.5b rounds take minutes each)
+QUICK = {"models": ["tiny"], "prompt_len": 16, "new_tokens": 32, "repeats": {"tiny": 5}, "profile_steps": 16}
+FULL = {"models": ["tiny", "0.5b"], "prompt_len": 32, "new_tokens": 32, "repeats": {"tiny": 5, "0.5b": 3},
+        "profile_steps": 16}
 
 
 def _say(msg: str) -> None:
@@ -84,23 +86,64 @@ def _interleaved(hf, tal, repeats: int, hf_threads=(1, 2)) -> tuple[dict, dict]:
     return {"points": points, "load_avg": loads}, talaria
 
 
+def _profiles(path: Path, cfg: dict, prompts, log_dir: Path, main: dict, variants: bool, cloud) -> dict:
+    """Step profiles of the default setup and of variants that each change one thing, run in two
+    passes (forward, then reverse order) so that slow drifts of the shared machine's load cancel."""
+    from benchmarks import breakdown, servers
+
+    mode, transport = main["compute_dtype"], main["transport"]
+    runs = [(mode, transport, 1)]
+    if variants:
+        runs += [(mode, "http" if transport == "websocket" else "websocket", 1), (mode, transport, 2)]
+        runs += [(m, transport, 1) for m in ("float64", "mixed", "float32") if m != mode]
+    tables = {}
+    for m, _, threads in runs:
+        if (m, threads) not in tables:
+            _say(f"  GEMM table: {m}, {threads} thread(s)")
+            tables[m, threads] = breakdown.gemm_table(path, m, threads, (1, 8))
+    raws: dict = {r: [] for r in runs}
+    per_pass = max(1, cfg["repeats"] // 2)
+    for order in (runs, runs[::-1]):
+        for m, trans, threads in order:
+            own = (m, threads) != (mode, 1)
+            srv = servers.start_cloud(path, log_dir, m, threads).wait_ready() if own else cloud
+            try:
+                raws[m, trans, threads].append(breakdown.profile_engine(
+                    srv, tables[m, threads], prompts, cfg["profile_steps"], transport=trans, repeats=per_pass))
+            finally:
+                if own:
+                    srv.stop()
+    out = {}
+    for (m, trans, threads), raw in raws.items():
+        label = f"{m}, {trans}, cloud {threads} thread{'s' if threads > 1 else ''}"
+        out[label] = {**breakdown.summarise(raw), "compute_dtype": m, "transport": trans, "cloud_threads": threads}
+        for b in (1, 8):
+            d = out[label][f"batch={b}"]["decode"]
+            _say(f"  {label}, batch {b}: {d['total_ms']:.1f} ms/step = GEMM {d['cloud_gemm_ms']:.1f} + transport "
+                 f"{d['transport_ms']:.1f} + mask {d['masking_ms']:.1f} + attention {d['attention_ms']:.1f} + sampling "
+                 f"{d['sampling_ms']:.1f} + other {d['other_cvm_ms']:.1f} (medians)")
+    return out
+
+
 def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool) -> dict:
     import torch
 
-    from benchmarks import breakdown, servers
+    from benchmarks import micro, servers
     from benchmarks.hf_baseline import HFBaseline
     from benchmarks.streams import TalariaClient
 
     path = model_dir(size)
     prompts = make_prompts(8, cfg["prompt_len"], 3, _tokenizer_size(path), seed=0)
     n, reps = cfg["new_tokens"], cfg["repeats"]
-    res: dict = {"size": size, "path": str(path)}
+    main = servers.defaults()
+    res: dict = {"size": size, "path": str(path), "setup": main, "rounds": reps}
     torch.set_num_threads(1)  # this process is the client and, in the profile, the CVM (HF sets its own)
-    _say(f"[{size}] starting talaria cloud (float64, 1 thread) and proxy (1 thread)")
-    cloud = servers.start_cloud(path, log_dir).wait_ready()
+    _say(f"[{size}] starting talaria cloud ({main['compute_dtype']}, 1 thread) and proxy "
+         f"({main['transport']}, 1 thread)")
+    cloud = servers.start_cloud(path, log_dir, main["compute_dtype"]).wait_ready()
     proxy = hf = tal = None
     try:
-        proxy = servers.start_proxy(cloud.url, log_dir).wait_ready()
+        proxy = servers.start_proxy(cloud.url, log_dir, main["transport"]).wait_ready()
         hf = HFBaseline(path, prompts, n)
         tal = TalariaClient(proxy, cloud, prompts, n)
         _say(f"[{size}] warm-up, then {reps} interleaved rounds of HF (1, 2 threads) and Talaria (1, 8 streams)")
@@ -108,43 +151,39 @@ def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool) -> dict:
         tal.warm_up()
         res["hf"], res["talaria"] = _interleaved(hf, tal, reps)
         res["hf"]["tokens_prompt0"] = hf.tokens_prompt0
-        res["talaria"]["streams=1"]["matches_hf_text"] = None
         tal.sample(1)  # texts of one stream, compared with HF's greedy text
         res["talaria"]["streams=1"]["matches_hf_text"] = tal.texts[0] == _decode(path, hf.tokens_prompt0)
+        tal.close()
         hf.close()
-        hf = None
+        tal = hf = None
         proxy.stop()
         proxy = None
-        _say(f"[{size}] in-process step profile")
-        prof = breakdown.profile_engine(cloud.url, prompts, cfg["profile_steps"], repeats=reps, say=_say)
-        res["profile"] = {"float64, cloud 1 thread": prof}
-        arch = prof["arch"]
+        arch = _arch(path)
         d = arch["hidden_size"]
+        _say(f"[{size}] micro-measurements")
         res["micro"] = {
-            "attention_b8": breakdown.attention_batching(arch, 8, cfg["prompt_len"] + cfg["profile_steps"] // 2),
-            "connection": breakdown.connection_reuse(cloud.url, "0.o", d, torch.float64),
+            "attention_b8": micro.attention_batching(arch, 8, cfg["prompt_len"] + cfg["profile_steps"] // 2),
+            "connection": micro.connection_reuse(cloud.url, "0.o", d, torch.float64),
             # one hidden-size float64 row each way, plus ~100 bytes of safetensors header
-            "raw_socket_ms": breakdown.raw_socket_round_trip(8 * d + 100, 8 * d + 100) * 1e3,
+            "raw_socket_ms": micro.raw_socket_round_trip(8 * d + 100, 8 * d + 100) * 1e3,
         }
-        _say(f"  micro: {res['micro']}")
+        _say(f"  {res['micro']}")
+        _say(f"[{size}] in-process step profiles")
+        res["profile"] = _profiles(path, cfg, prompts, log_dir, main, variants, cloud=cloud)
     finally:
-        if tal is not None:
-            tal.close()
-        if hf is not None:
-            hf.close()
-        if proxy is not None:
-            proxy.stop()
+        for thing in (tal, hf, proxy):
+            if thing is not None:
+                getattr(thing, "close", getattr(thing, "stop", None))()
         cloud.stop()
-    if variants:
-        for label, threads, dtype in (("float32, cloud 1 thread", 1, "float32"), ("float64, cloud 2 threads", 2, "float64")):
-            _say(f"[{size}] variant cloud: {label}")
-            cloud = servers.start_cloud(path, log_dir, threads=threads, dtype=dtype).wait_ready()
-            try:
-                res["profile"][label] = breakdown.profile_engine(cloud.url, prompts, cfg["profile_steps"],
-                                                                 repeats=reps, say=_say, label=f" [{label}]")
-            finally:
-                cloud.stop()
     return res
+
+
+def _arch(path: Path) -> dict:
+    from transformers import AutoConfig
+
+    from cloud_backend.checkpoint import arch_from_config
+
+    return arch_from_config(AutoConfig.from_pretrained(path)).model_dump()
 
 
 def run(args) -> int:
@@ -155,6 +194,8 @@ def run(args) -> int:
         value = getattr(args, key, None)
         if value:
             cfg[key] = value.split(",") if key == "models" else value
+    if isinstance(cfg["repeats"], int):
+        cfg["repeats"] = {size: cfg["repeats"] for size in cfg["models"]}
     out = Path(args.out or ("results/bench/quick" if args.quick else "results/bench"))
     out.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="talaria-bench-"))  # server logs, kept for post-mortems
@@ -163,7 +204,8 @@ def run(args) -> int:
               "threads": {"cloud": 1, "proxy": 1, "bench_process_as_client_and_cvm": 1, "hf": [1, 2]},
               "load_avg_start": load_average(), "models": {}}
     for size in cfg["models"]:
-        report["models"][size] = bench_model(size, cfg, log_dir, variants=not args.no_variants)
+        report["models"][size] = bench_model(size, {**cfg, "repeats": cfg["repeats"].get(size, 3)}, log_dir,
+                                             variants=not args.no_variants)
     report["load_avg_end"] = load_average()
     report["elapsed_s"] = time.time() - started
     write_json(out / "bench.json", report)

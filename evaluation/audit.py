@@ -29,6 +29,8 @@ import torch
 from evaluation import attacks as A
 from evaluation import inverter as inv
 from evaluation.transcript import Transcript, load_transcript
+from talaria_wire import OpKey
+from talaria_wire.ops import BLOCK_OPS
 
 LAYER0_ATTACKS = ("nn", "nn-proj", "nn-pca")
 OP_ATTACKS = ("match", "match-pca", "inv", "inv-aug", "inv-proj")
@@ -69,8 +71,9 @@ class Attacker:
             ids = inv.attacker_token_ids(self.cfg.inverter_seqs, self.cfg.inverter_len,
                                          len(self.candidates), seed=1234)
             feats: dict[str, list[torch.Tensor]] = {op: [] for op in ops}
+            stop = max((OpKey.parse(op) for op in ops), key=lambda k: (k.layer, BLOCK_OPS.index(k.op)))
             for i in range(0, ids.shape[0], 32):
-                captured = self.model.sequence_inputs(ids[i : i + 32])
+                captured = self.model.sequence_inputs(ids[i : i + 32], stop)
                 for op in ops:
                     feats[op].append(captured[op])
             self._train = ({op: torch.cat(v) for op, v in feats.items()}, ids.reshape(-1))

@@ -18,18 +18,22 @@ import time
 from pathlib import Path
 
 DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "pii.txt"
+QUICK_PROMPTS = 8
+PREFETCH_BYTES = 1 << 30  # start the next setting's cloud early only below this checkpoint size
 NONE_FLOOR = 0.975  # the unprotected split must leak at least this much, else the attacks are too weak
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("task", choices=["privacy"], help="which evaluation to run")
-    p.add_argument("--quick", action="store_true", help="small run (12 prompts, short inverter training)")
-    p.add_argument("--model", help="checkpoint directory (default: the tiny model of --arch, generated into the work dir)")
+    p.add_argument("--quick", action="store_true",
+                   help="small run: 8 prompts, ranks 16, 64, d/2, short inverter training")
+    p.add_argument("--model",
+                   help="checkpoint directory (default: the tiny model of --arch, generated into the work dir)")
     p.add_argument("--arch", default="qwen2", choices=["llama", "qwen2", "qwen3", "mistral"],
                    help="architecture of the generated tiny model (default qwen2)")
     p.add_argument("--size", default="tiny", choices=["tiny", "0.5b"], help="size of the generated model")
     p.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="prompt file, one prompt per line")
-    p.add_argument("--num-prompts", type=int, help="use the first N prompts (default: all; --quick: 12)")
+    p.add_argument("--num-prompts", type=int, help="use the first N prompts (default: all; --quick: 8)")
     p.add_argument("--ranks", help="comma-separated ReMO ranks (default 16,64,256,d/2; capped at d_in-1 per op)")
     p.add_argument("--ops", help="comma-separated block ops to attack, e.g. 0.qkv,1.down (default: all)")
     p.add_argument("--attacks", help="comma-separated subset of attacks (default: all)")
@@ -41,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-records", action="store_true", help="keep the recorded transcripts")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads in this process (default 1: the attacks' many small tensor ops run "
-                        "fastest single-threaded, and the cloud subprocess needs a core too)")
+                        "fastest single-threaded, and the cloud subprocess needs a core too; 0: torch's default)")
 
 
 def _say(msg: str) -> None:
@@ -98,15 +102,18 @@ def run(args: argparse.Namespace) -> int:
 def _audit(args, attacks: tuple[str, ...], workdir: Path) -> dict:
     import json
 
-    from evaluation.audit import Attacker, AuditConfig, score
-    from evaluation.harness import Setting, collect
+    from evaluation.audit import Attacker, AuditConfig
+    from evaluation.harness import Setting, start_cloud
     from evaluation.inverter import InverterConfig
 
     model_dir = _model_dir(args, workdir)
     d = json.loads((model_dir / "config.json").read_text())["hidden_size"]
     prompts = [line.strip() for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
-    prompts = prompts[: args.num_prompts or (12 if args.quick else len(prompts))]
-    ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else sorted({16, 64, 256, d // 2})
+    prompts = prompts[: args.num_prompts or (QUICK_PROMPTS if args.quick else len(prompts))]
+    if args.ranks:
+        ranks = [int(r) for r in args.ranks.split(",")]
+    else:  # the service caps m at d_in - 1 per op, so on a small model 64 and 256 probe m = d - 1
+        ranks = sorted({16, 64, d // 2} if args.quick else {16, 64, 256, d // 2})
     # 'none' sends x itself; its cloud still publishes bases (rank irrelevant), so nn-proj etc. run on it too.
     settings = [Setting("none", min(ranks))] + [Setting("remo", r) for r in ranks]
     cfg = AuditConfig(
@@ -130,23 +137,42 @@ def _audit(args, attacks: tuple[str, ...], workdir: Path) -> dict:
                    "inverter_len": cfg.inverter_len, "threads": args.threads},
         "settings": [],
     }
-    for setting in settings:
-        _say(f"[{setting.label}] collecting transcript through proxy + cloud")
-        t0 = time.monotonic()
-        record_dir, truth = collect(model_dir, setting, prompts, workdir / setting.label, args.max_tokens,
-                                    progress=_say)
-        rows = sum(map(len, truth["steps"]))
-        t1 = time.monotonic()
-        _say(f"[{setting.label}] {rows} rows in {len(truth['steps'])} steps ({t1 - t0:.0f}s); attacking")
-        scored = score(attacker.attack(record_dir), truth)  # the attacker got record_dir only
-        report["settings"].append({
-            "label": setting.label, "scheme": setting.scheme, "rank": setting.rank,
-            "rank_by_kind": _rank_by_kind(record_dir) if setting.scheme == "remo" else {"mask": 0},
-            "rows": rows, "collect_seconds": t1 - t0, "attack_seconds": time.monotonic() - t1, "results": scored,
-        })
-        best = max((c["accuracy"], f"{atk} {op}") for atk, p in scored.items() for op, c in p.items())
-        _say(f"[{setting.label}] done in {time.monotonic() - t0:.0f}s; best {100 * best[0]:.1f}% ({best[1]})")
+    # A small checkpoint's next cloud loads while this setting runs; a large one waits (memory).
+    prefetch = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) < PREFETCH_BYTES
+    clouds = {0: start_cloud(model_dir, settings[0], workdir / settings[0].label)}
+    try:
+        for k, setting in enumerate(settings):
+            if k > 0 and k not in clouds:
+                clouds[k] = start_cloud(model_dir, setting, workdir / setting.label)
+            if prefetch and k + 1 < len(settings):
+                clouds[k + 1] = start_cloud(model_dir, settings[k + 1], workdir / settings[k + 1].label)
+            _audit_setting(args, attacker, setting, clouds[k], model_dir, prompts, workdir, report)
+    finally:
+        for cloud in clouds.values():
+            cloud.stop()
     return report
+
+
+def _audit_setting(args, attacker, setting, cloud, model_dir: Path, prompts: list[str], workdir: Path,
+                   report: dict) -> None:
+    from evaluation.audit import score
+    from evaluation.harness import collect
+
+    _say(f"[{setting.label}] collecting transcript through proxy + cloud")
+    t0 = time.monotonic()
+    record_dir, truth = collect(model_dir, setting, prompts, workdir / setting.label, args.max_tokens,
+                                progress=_say, cloud=cloud)
+    rows = sum(map(len, truth["steps"]))
+    t1 = time.monotonic()
+    _say(f"[{setting.label}] {rows} rows in {len(truth['steps'])} steps ({t1 - t0:.0f}s); attacking")
+    scored = score(attacker.attack(record_dir), truth)  # the attacker is handed record_dir only
+    report["settings"].append({
+        "label": setting.label, "scheme": setting.scheme, "rank": setting.rank,
+        "rank_by_kind": _rank_by_kind(record_dir) if setting.scheme == "remo" else {"mask": 0},
+        "rows": rows, "collect_seconds": t1 - t0, "attack_seconds": time.monotonic() - t1, "results": scored,
+    })
+    best = max((c["accuracy"], f"{atk} {op}") for atk, p in scored.items() for op, c in p.items())
+    _say(f"[{setting.label}] done in {time.monotonic() - t0:.0f}s; best {100 * best[0]:.1f}% ({best[1]})")
 
 
 def _finish(report: dict, out: Path, t_start: float) -> int:

@@ -1,5 +1,10 @@
 """Drive prompts through the real split (proxy <-HTTP-> cloud) and keep the cloud's transcript.
 
+The setup is Talaria's (arXiv 2603.00196): the CVM proxy masks every linear-op input with ReMO and
+the cloud computes on it; here the cloud also records every body it receives, which is exactly
+the material an honest-but-curious cloud would mine ("Hidden No More", arXiv 2505.18332, shows
+what intermediate states give away).
+
 For one setting (masking scheme, ReMO rank m) the harness:
   1. starts `talaria cloud --model M --record DIR --mask-rank m --port P` as a subprocess;
   2. builds the proxy runtime in this process over HTTP (`HttpLinearBackend`, `build_runtime`);
@@ -102,19 +107,26 @@ async def _drive(rt, prompt_ids: list[list[int]], max_tokens: int, progress) -> 
     return outputs
 
 
-def collect(model_dir: Path, setting: Setting, prompts: list[str], workdir: Path, max_tokens: int = 4,
-            progress=None) -> tuple[Path, dict]:
-    """Run `prompts` under `setting`; returns (record_dir, truth). truth['steps'][k] = token ids of
-    the rows of model step k (= the k-th call of every block op)."""
-    from talaria_proxy.linear_backend import HttpLinearBackend
-    from talaria_proxy.runtime import build_runtime
-    from talaria_proxy.scheduler import SchedulerConfig
-
+def start_cloud(model_dir: Path, setting: Setting, workdir: Path) -> CloudProcess:
+    """Launch the recording cloud of `setting` into workdir/record (it loads while we do other work)."""
     workdir.mkdir(parents=True, exist_ok=True)
     record_dir = workdir / "record"
     if record_dir.exists() and any((record_dir / "calls").glob("*")):
         raise FileExistsError(f"{record_dir} already holds a transcript; use an empty work directory")
-    cloud = CloudProcess(model_dir, record_dir, setting.rank, workdir / "cloud.log")
+    return CloudProcess(model_dir, record_dir, setting.rank, workdir / "cloud.log")
+
+
+def collect(model_dir: Path, setting: Setting, prompts: list[str], workdir: Path, max_tokens: int = 4,
+            progress=None, cloud: CloudProcess | None = None) -> tuple[Path, dict]:
+    """Run `prompts` under `setting`; returns (record_dir, truth). truth['steps'][k] = token ids of
+    the rows of model step k (= the k-th call of every block op). `cloud`: one from `start_cloud`
+    for the same setting and workdir (default: start it now). The cloud is stopped on return."""
+    from talaria_proxy.linear_backend import HttpLinearBackend
+    from talaria_proxy.runtime import build_runtime
+    from talaria_proxy.scheduler import SchedulerConfig
+
+    cloud = cloud or start_cloud(model_dir, setting, workdir)
+    record_dir = workdir / "record"
     t0 = time.monotonic()
     try:
         cloud.wait_ready()

@@ -1,7 +1,8 @@
 """The attacker's own copy of the model: public architecture + the weights the cloud already owns.
 
-The cloud is the attacker, so it may run the model on any text it likes. What it needs is the
-exact input of every outsourced op, as the CVM computes it (see `talaria_proxy.model`):
+In Talaria (arXiv 2603.00196) the cloud owns the weights and is the attacker, so it may run the
+model on any text it likes. What it needs is the exact input of every outsourced op, as the CVM
+computes it (see `talaria_proxy.model`):
 
     qkv:     rmsnorm(h)            (gain-free: the cloud folded g into W_qkv)
     o:       attention output a    [H*D]
@@ -121,8 +122,9 @@ class PublicModel:
 
     # -- whole sequences (teacher forcing) -----------------------------------------------------
     @torch.no_grad()
-    def sequence_inputs(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """ids [B, T] -> {op name: [B*T, d_in]} for every block op, rows in (sequence, position) order."""
+    def sequence_inputs(self, ids: torch.Tensor, stop: OpKey | None = None) -> dict[str, torch.Tensor]:
+        """ids [B, T] -> {op name: [B*T, d_in]} for every block op up to `stop` (None: all), rows in
+        (sequence, position) order."""
         a = self.arch
         B, T = ids.shape
         groups = a.num_heads // a.num_kv_heads
@@ -141,7 +143,7 @@ class PublicModel:
             return out.transpose(1, 2).reshape(B * T, a.q_size)
 
         capture: dict[str, torch.Tensor] = {}
-        self._blocks(self.embed[ids.reshape(-1)], positions, attend, None, capture)
+        self._blocks(self.embed[ids.reshape(-1)], positions, attend, stop, capture)
         return capture
 
     # -- candidates over a cached prefix -------------------------------------------------------

@@ -1,5 +1,8 @@
 """Write the audit's results: a Markdown table, a JSON file and a PNG plot.
 
+The audit measures how much of a prompt a Talaria cloud (arXiv 2603.00196) can read back from
+ReMO-masked op inputs, with model-aware attacks in the spirit of "Hidden No More" (arXiv 2505.18332).
+
 Every number comes from `audit.score` on attacks that ran on recorded files; nothing here is
 computed from anything else. Tables: accuracy (percent of received rows whose token the attack
 recovered) per setting x attack x layer-op; '-' where an attack does not apply (the layer-0
@@ -38,7 +41,7 @@ def markdown(report: dict) -> str:
     ops = _ops(report)
     m = report["model"]
     cfg = report["config"]
-    lines = [
+    lines: list[str] = [
         "# Privacy audit: tokens recovered from what the cloud records",
         "",
         f"Model `{m['name']}` ({m['family']}, d = {m['hidden_size']}, {m['num_layers']} layers, "
@@ -46,6 +49,25 @@ def markdown(report: dict) -> str:
         f"`{cfg['prompts_file']}`, {cfg['max_tokens']} greedy tokens each; one sequence per step. "
         f"Each cell: % of the rows the cloud received for that op whose token the attack recovered "
         f"(the row's own token; prompt and generated tokens alike). ReMO mask scale: the proxy default.",
+        "",
+        "## Summary",
+        "",
+    ]
+    for s in report["settings"]:
+        best = best_per_op(s, ops)
+        if not best:
+            continue
+        worst_op = min(best, key=lambda o: best[o][1])
+        attacks = sorted({a for a, _ in best.values()})
+        floor = best[worst_op][1]
+        reach = ("100% of the tokens at every attacked op" if floor == 1.0 else
+                 f"at least {100 * floor:.1f}% of the tokens at every attacked op (lowest: {worst_op})")
+        lines.append(f"- **{s['label']}**: the best attack recovers {reach}; best attacks: {', '.join(attacks)}.")
+    if "sanity" in report:
+        ok = report["sanity"]
+        lines.append(f"- Sanity: unmasked split, best layer-0 attack {100 * ok['none_best_layer0']:.1f}% "
+                     f"(floor {100 * ok['floor']:.1f}%): {'passed' if ok['passed'] else 'FAILED'}.")
+    lines += [
         "",
         "## Best attack per setting",
         "",
@@ -90,11 +112,15 @@ def plot(report: dict, path: Path) -> None:
     settings = report["settings"]
     fig, axes = plt.subplots(1, len(settings), figsize=(3.2 * len(settings) + 1, 3.6), sharey=True, squeeze=False)
     for ax, s in zip(axes[0], settings):
+        singles = 0
         for attack, per_op in s["results"].items():
             xs = [i for i, o in enumerate(ops) if o in per_op]
             ys = [100 * per_op[ops[i]]["accuracy"] for i in xs]
-            style = "o" if len(xs) == 1 else ".-"
-            ax.plot(xs, ys, style, label=attack, alpha=0.85)
+            if len(xs) == 1:  # the layer-0 attacks: side by side around their op
+                ax.plot([xs[0] - 0.25 + 0.25 * singles], ys, "osD^v"[singles % 5], label=attack, alpha=0.85)
+                singles += 1
+            else:
+                ax.plot(xs, ys, ".-", label=attack, alpha=0.85)
         ax.set_title(s["label"], fontsize=10)
         ax.set_xticks(range(len(ops)))
         ax.set_xticklabels(ops, rotation=90, fontsize=6)

@@ -1,0 +1,104 @@
+"""precision.md and precision.png from the precision study's report (see `benchmarks.precision`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.common import fmt, markdown_table
+
+NOTES = """\
+Notes.
+- float64 is IEEE binary64 on CPU and GPU alike, so its numbers carry over to a GPU cloud; there
+  the GEMMs run on FP64 tensor cores (A100/H100/H200: about 1/2 to 1/4 of their FP32 non-tensor
+  rate, far below TF32/BF16 tensor throughput).
+- On a GPU, PyTorch may run float32 matmuls as TF32 (10-bit mantissa) when
+  `torch.backends.cuda.matmul.allow_tf32` or `torch.set_float32_matmul_precision("high")` is set;
+  a float32 or mixed cloud must keep it off (the default), or it becomes the tf32 row (measured
+  only where a CUDA device exists).
+- bfloat16 (8-bit mantissa) is a deployment choice of many GPU clouds; the rows show what it
+  would cost here: its error exists without any mask, and grows with the mask.
+- mixed: float64 wire; the cloud projects x~ onto the public basis (float64) and multiplies only
+  the mask-free complement in float32, so its error should stay that of float32 inference.
+"""
+
+
+def _errors_table(m: dict, scales: list[str]) -> str:
+    rows = [[mode] + [by_scale[s]["max"] for s in scales] for mode, by_scale in m["errors"].items()]
+    return markdown_table(["GEMM mode"] + [f"scale {s}" if s != "none" else "no mask" for s in scales], rows)
+
+
+def _kind_table(m: dict, scale: str) -> str:
+    modes = list(m["errors"])
+    kinds = list(next(iter(m["errors"].values()))[scale]["max_by_kind"])
+    rows = [[k] + [m["errors"][mode][scale]["max_by_kind"][k] for mode in modes] for k in kinds]
+    return markdown_table(["op kind"] + modes, rows)
+
+
+def _greedy_table(m: dict, scales: list[str]) -> str:
+    rows = []
+    for mode, by_scale in m["greedy"].items():
+        cells = []
+        for s in scales:
+            g = by_scale[s]
+            first = "" if g["identical_prompts"] == g["prompts"] else f", first diff @{g['first_divergence_min']}"
+            cells.append(f"{g['identical_prompts']}/{g['prompts']}{first} ({fmt(g['max_abs_logit_diff'], 2)})")
+        rows.append([mode] + cells)
+    return markdown_table(["GEMM mode"] + [f"scale {s}" if s != "none" else "no mask" for s in scales], rows)
+
+
+def verdict(m: dict) -> list[str]:
+    """Modes that keep every prompt identical at every measured mask scale."""
+    return [mode for mode, by_scale in m["greedy"].items()
+            if all(g["identical_prompts"] == g["prompts"] for g in by_scale.values())]
+
+
+def markdown(report: dict) -> str:
+    cfg, mach = report["config"], report["machine"]
+    lines = [f"# ReMO recovery precision ({report['mode']} run)", "",
+             f"Machine: {mach['cpu']}, {mach['cores']} cores, torch {mach['torch']}, CUDA {mach['cuda']}"
+             f"{'' if mach['cuda'] else ' (no CUDA device: the tf32 mode was not measured)'}.",
+             f"Mask scales {', '.join(f'{s:g}' for s in cfg['scales'])} (mask row norm / activation row norm), "
+             f"ReMO rank: the cloud default, mask seed {cfg['mask_seed']}. Greedy check: {cfg['num_prompts']} "
+             f"prompts x {cfg['prompt_len']} random token ids, {cfg['tokens']} tokens, against the unmodified "
+             "float32 HF transformers model.", ""]
+    for size, m in report["models"].items():
+        scales = list(next(iter(m["errors"].values())))
+        lines += [f"## Model {size}", "",
+                  "Relative recovery error ||y - xW||_F / ||xW||_F, max over all ops (real activations of a "
+                  "prefill; before the CVM's cast to float32):", "", _errors_table(m, scales), "",
+                  f"Per op kind at mask scale {scales[-1]} (max over layers):", "", _kind_table(m, scales[-1]), "",
+                  "Greedy decoding vs the float32 model: prompts identical over all tokens (first differing step; "
+                  "max |logit difference| in brackets). Smallest top-1/top-2 logit gap of the reference: "
+                  f"{fmt(m['margin_min'], 2)}.", "", _greedy_table(m, scales), "",
+                  f"Identical at every scale: {', '.join(verdict(m)) or 'none'}.", ""]
+    return "\n".join(lines) + "\n" + NOTES
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(report["models"])
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, size in zip(axes[0], models):
+        m = report["models"][size]
+        for i, (mode, by_scale) in enumerate(m["errors"].items()):
+            scales = [s for s in by_scale if s != "none"]
+            xs = [float(s) for s in scales]
+            ax.plot(xs, [by_scale[s]["max"] for s in scales], "o-", color=f"C{i}", label=mode)
+            ax.axhline(by_scale["none"]["max"], color=f"C{i}", ls=":", lw=1)
+            for x, s in zip(xs, scales):  # hollow marker: greedy output changed at this scale
+                g = m["greedy"][mode][s]
+                if g["identical_prompts"] < g["prompts"]:
+                    ax.plot([x], [by_scale[s]["max"]], "o", ms=12, mfc="none", color="red")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("mask scale (mask norm / activation norm)")
+        ax.set_ylabel("max relative recovery error over ops")
+        ax.set_title(f"{size}: dotted = no mask; red ring = greedy output changed")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

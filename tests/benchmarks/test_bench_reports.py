@@ -1,0 +1,144 @@
+"""Report writers and verdicts of both benchmarks, on synthetic results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import precision, precision_report, speed_report
+
+
+def _decode(total, transport, gemm=1.0, attention=1.0):
+    return {"total_ms": total, "cloud_gemm_ms": gemm, "transport_ms": transport, "serialise_ms": 0.5,
+            "masking_ms": 1.0, "attention_ms": attention, "sampling_ms": 0.1, "other_cvm_ms": 0.4,
+            "calls_per_step": 9, "transport_ms_per_call": transport / 9, "payload_bytes_per_step": 2048,
+            "cloud_cpu_ms_mean": 3.0}
+
+
+def _profile(mode, transport, threads, total):
+    return {"compute_dtype": mode, "transport": transport, "cloud_threads": threads,
+            "arch": {"num_layers": 2, "hidden_size": 64, "vocab_size": 1024},
+            "batch=1": {"decode": _decode(total, total - 3.0)},
+            "batch=8": {"decode": _decode(total + 2, total - 2.0, attention=2.0)}}
+
+
+def speed_result():
+    hf = {f"threads={t},batch={b}": {"threads": t, "batch": b, "ms_per_token": ms, "ttft_ms": 5.0,
+                                      "tokens_per_s": tps}
+          for t, b, ms, tps in [(1, 1, 2.0, 500.0), (2, 1, 20.0, 50.0), (1, 8, 2.5, 3200.0), (2, 8, 10.0, 800.0)]}
+    talaria = {"streams=1": {"metrics": {"ms_per_token": 10.0, "ttft_ms": 30.0, "tokens_per_s": 100.0,
+                                         "calls_per_token": 9.0, "bytes_per_token": 30720.0,
+                                         "mask_share_of_proxy_cpu": 0.2}, "matches_hf_text": True},
+               "streams=8": {"metrics": {"ms_per_token": 16.0, "ttft_ms": 60.0, "tokens_per_s": 480.0,
+                                         "calls_per_token": 1.2, "bytes_per_token": 30720.0,
+                                         "mask_share_of_proxy_cpu": float("nan")}}}
+    profile = {"mixed, websocket, cloud 1 thread": _profile("mixed", "websocket", 1, 9.0),
+               "mixed, http, cloud 1 thread": _profile("mixed", "http", 1, 25.0),
+               "float64, websocket, cloud 1 thread": _profile("float64", "websocket", 1, 10.0)}
+    micro = {"attention_b8": {"loop_ms_per_step": 1.0, "batched_ms_per_step": 0.1}, "raw_socket_ms": 0.01,
+             "connection": {"kept_alive_ms": 1.0, "new_connection_ms": 3.0}}
+    return {"hf": {"points": hf}, "talaria": talaria, "profile": profile, "micro": micro,
+            "setup": {"compute_dtype": "mixed", "transport": "websocket", "mask_scale": 10.0, "mask_rank": 64}}
+
+
+def test_summary_uses_the_better_hf_thread_setting_and_checks_targets():
+    s = speed_report.summary(speed_result())
+    assert s["hf_b1"]["threads"] == 1 and s["hf_b8"]["tokens_per_s"] == 3200.0
+    assert s["single_ratio"] == pytest.approx(5.0) and not s["single_ok"]
+    assert s["multi_ratio"] == pytest.approx(0.15) and not s["multi_ok"]
+
+
+def test_predictions_name_done_work_and_combine_without_double_counting():
+    rows = speed_report.predictions(speed_result())
+    by = {(r["batch"], r["optimisation"]): r for r in rows}
+    ws = by[1, "(done) WebSocket frames instead of HTTP POSTs"]
+    assert ws["now_ms"] == 25.0 and ws["saving_ms"] == pytest.approx(16.0)
+    assert by[1, "(done) mixed precision instead of float64"]["saving_ms"] == pytest.approx(1.0)
+    lean = by[1, speed_report.LEAN]
+    assert lean["predicted_ms"] == pytest.approx(9.0 - 6.0 + 0.5 + 9 * 0.01)
+    attn = by[8, speed_report.BATCHED]
+    assert attn["saving_ms"] == pytest.approx(0.9)
+    assert (1, speed_report.BATCHED) not in by  # nothing to batch with one sequence
+    assert (8, speed_report.F32_REPLY) not in by  # no float32 variant measured
+    combined = [r for r in rows if r["batch"] == 8 and r["optimisation"].startswith("combined")][0]
+    assert combined["saving_ms"] == pytest.approx(by[8, speed_report.LEAN]["saving_ms"] + attn["saving_ms"])
+    pipe = by[8, speed_report.PIPELINE]
+    assert pipe["predicted_ms"] == pytest.approx(max(3.0, 11.0 - 3.0) + 9 * 7.0 / 9)
+
+
+def test_speed_markdown_and_plot(tmp_path):
+    report = {"mode": "quick", "config": {"prompt_len": 16, "new_tokens": 32, "repeats": {"tiny": 3}},
+              "machine": {"cpu": "cpu", "cores": 2, "torch": "x", "cuda": False},
+              "load_avg_start": 1.0, "load_avg_end": 2.0, "models": {"tiny": speed_result()}}
+    md = speed_report.markdown(report)
+    assert "| Talaria, 8 streams | 1+1 | 16 | - | 60 | 480 | 0.15 | 1.2 | 30 | - |" in md
+    assert "target <= 1.5: NOT met" in md and "'mixed'" in md
+    speed_report.plot(report, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_precision_helpers():
+    ref = torch.tensor([[3.0, 4.0]])
+    assert precision.rel_error(torch.tensor([[3.0, 4.5]]), ref) == pytest.approx(0.1)
+    match = torch.tensor([[True, True, False], [True, True, True]])
+    assert precision.first_divergence(match) == [2, 3]
+    assert precision.min_margin(torch.tensor([[[1.0, 0.5, 0.9], [2.0, -1.0, 1.0]]])) == pytest.approx(0.1)
+    red = precision.reduce_errors({"0.qkv": 1e-7, "1.qkv": 3e-7, "0.down": 2e-7, "lm_head": 5e-8})
+    assert red["max"] == 3e-7 and red["max_by_kind"] == {"qkv": 3e-7, "down": 2e-7, "lm_head": 5e-8}
+
+
+def test_bf16_service_rounds_weights_and_recovers_with_their_own_r_pub():
+    class Op:
+        def __init__(self, w):
+            self.weight, self.bias = w, None
+
+    class Base:
+        manifest, model = None, type("M", (), {})()
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 8, generator=g)
+    base = Base()
+    base.model.ops = {"0.o": Op(w)}
+    base.bases = {"0.o": torch.linalg.qr(torch.randn(16, 4, generator=g, dtype=torch.float64))[0].T.contiguous()}
+    svc = precision.Bf16Service(base)
+    x = torch.randn(3, 16, generator=g)
+    assert torch.allclose(svc.linear("0.o", x), x @ w, rtol=0.05, atol=0.05)
+    assert not torch.equal(svc.linear("0.o", x), x @ w)  # bf16, not float32
+    assert torch.allclose(svc.recovery["0.o"].double(), base.bases["0.o"] @ w.bfloat16().double(), atol=1e-6)
+
+
+def test_precision_markdown_verdict_and_plot(tmp_path):
+    def greedy(ok):
+        return {"identical_prompts": 8 if ok else 5, "prompts": 8, "first_divergence_min": 32 if ok else 4,
+                "max_abs_logit_diff": 1e-5 if ok else 0.3}
+
+    def errs(e):
+        return {"max": e, "median": e / 2, "max_by_kind": {"qkv": e, "lm_head": e / 3}}
+
+    m = {"margin_min": 0.002,
+         "errors": {"float64": {s: errs(1e-14) for s in ("none", "1", "100")},
+                    "bfloat16": {s: errs(1e-2) for s in ("none", "1", "100")}},
+         "greedy": {"float64": {s: greedy(True) for s in ("none", "1", "100")},
+                    "bfloat16": {"none": greedy(True), "1": greedy(True), "100": greedy(False)}}}
+    assert precision_report.verdict(m) == ["float64"]
+    report = {"mode": "quick", "config": {"scales": [1.0, 100.0], "mask_seed": 0, "num_prompts": 8,
+                                          "prompt_len": 16, "tokens": 32},
+              "machine": {"cpu": "cpu", "cores": 2, "torch": "x", "cuda": False}, "models": {"tiny": m}}
+    md = precision_report.markdown(report)
+    assert "| bfloat16 | 8/8 (1.00e-05) | 8/8 (1.00e-05) | 5/8, first diff @4 (0.3) |" in md
+    assert "Identical at every scale: float64." in md
+    precision_report.plot(report, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_float32_reply_prediction_takes_masking_and_transport_from_the_float32_cloud():
+    result = speed_result()
+    f32 = _profile("float32", "websocket", 1, 7.0)
+    for b in ("batch=1", "batch=8"):
+        f32[b]["decode"]["masking_ms"] = 0.4
+    result["profile"]["float32, websocket, cloud 1 thread"] = f32
+    by = {(r["batch"], r["optimisation"]): r for r in speed_report.predictions(result)}
+    reply = by[1, speed_report.F32_REPLY]
+    assert reply["saving_ms"] == pytest.approx((1.0 - 0.4) + (6.0 - 4.0))
+    combined = by[1, "combined: lean transport + float32 recovery + batched attention"]
+    assert combined["saving_ms"] == pytest.approx(by[1, speed_report.LEAN]["saving_ms"] + 0.6)
