@@ -187,6 +187,21 @@ def write_json(path: Path, data) -> None:
     path.write_text(json.dumps(_plain(data), indent=2) + "\n")
 
 
+def machine() -> dict:
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.cuda.is_available()}
+
+
 def model_dir(size: str, arch: str = "qwen2") -> Path:
     """The generated random checkpoint of `size` (same cache as `talaria eval`), made on demand."""
     from talaria_cli.tiny_model import ensure_tiny_model

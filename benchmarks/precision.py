@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import make_prompts, median, model_dir, write_json
+from benchmarks.common import machine, make_prompts, median, model_dir, write_json
 
 SCALES = (0.1, 1.0, 10.0, 100.0)
 KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
@@ -231,7 +231,6 @@ def run(args) -> int:
     import torch
 
     from benchmarks import precision_report
-    from benchmarks.speed import _machine
 
     torch.set_num_threads(1)  # small ops: OpenMP spin-waits against other processes cost ~10x on 2 cores
     models = args.models.split(",") if args.models else (["tiny"] if args.quick else ["tiny", "0.5b"])
@@ -242,7 +241,7 @@ def run(args) -> int:
     out = Path(args.out or ("results/precision/quick" if args.quick else "results/precision"))
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    report = {"mode": "quick" if args.quick else "full", "config": cfg, "machine": _machine(), "models": {}}
+    report = {"mode": "quick" if args.quick else "full", "config": cfg, "machine": machine(), "models": {}}
     with contextlib.suppress(AttributeError):
         torch.backends.cuda.matmul.allow_tf32 = False  # every mode but tf32 computes in true float32
     for size in models:

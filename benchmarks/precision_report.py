@@ -8,17 +8,20 @@ from benchmarks.common import fmt, markdown_table
 
 NOTES = """\
 Notes.
-- float64 is IEEE binary64 on CPU and GPU alike, so its numbers carry over to a GPU cloud; there
-  the GEMMs run on FP64 tensor cores (A100/H100/H200: about 1/2 to 1/4 of their FP32 non-tensor
-  rate, far below TF32/BF16 tensor throughput).
-- On a GPU, PyTorch may run float32 matmuls as TF32 (10-bit mantissa) when
-  `torch.backends.cuda.matmul.allow_tf32` or `torch.set_float32_matmul_precision("high")` is set;
-  a float32 or mixed cloud must keep it off (the default), or it becomes the tf32 row (measured
-  only where a CUDA device exists).
-- bfloat16 (8-bit mantissa) is a deployment choice of many GPU clouds; the rows show what it
-  would cost here: its error exists without any mask, and grows with the mask.
-- mixed: float64 wire; the cloud projects x~ onto the public basis (float64) and multiplies only
-  the mask-free complement in float32, so its error should stay that of float32 inference.
+- float64 is IEEE binary64 on CPU and GPU alike, so the errors above carry over to a GPU cloud.
+  There float64 GEMMs run on FP64 tensor cores (A100: 19.5 TFLOP/s, H100/H200: 67 TFLOP/s, about
+  their plain FP32 rate and 8-16x below TF32/BF16 tensor throughput). Decode is bound by weight
+  bytes rather than FLOPs: float64 weights read 2x the bytes of float32 and 4x those of bf16,
+  which is what `mixed` (float32 weights, float64 only on the rank-m basis) avoids.
+- CUDA float32 matmuls may silently run as TF32 (10-bit mantissa) when
+  `torch.backends.cuda.matmul.allow_tf32` is True or `torch.set_float32_matmul_precision("high")`
+  is set. A float32 or mixed cloud on a GPU must keep `allow_tf32 = False` (PyTorch's default for
+  matmuls; cuDNN convolutions default to TF32, irrelevant here), or it behaves like the tf32 row
+  (measured only where a CUDA device exists; this study sets allow_tf32 = False for all other modes).
+- bfloat16 (8-bit mantissa) is what many GPU clouds serve; its error exists without any mask and
+  grows with the mask, because x + mask is rounded to 8 bits before the GEMM.
+- mixed: float64 wire; the cloud projects x~ onto the public basis in float64 and multiplies only
+  the mask-free complement in float32, so its error is that of float32 inference at every scale.
 """
 
 
