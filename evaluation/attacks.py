@@ -1,13 +1,15 @@
 """Model-aware attacks on ReMO-masked op inputs (what an honest-but-curious cloud can compute).
 
 ReMO (arXiv 2603.00196) sends x~ = x + M_pvt M_pub with M_pub [m, d] public and orthonormal rows.
-The mask lies in span(M_pub), so the projector onto the orthogonal complement removes it exactly:
-    P = I - M_pub^T M_pub,   P x~ = P x + (M_pvt M_pub) P = P x      (M_pub P = 0)
+The mask lies in span(M_pub), so the projector onto the orthogonal complement removes it exactly
+(rows as row vectors):
+    P = I - M_pub^T M_pub,   x~ P = x P + M_pvt (M_pub P) = x P      (M_pub P = 0)
 Everything the attacker then needs is a reference for P x: at layer 0, x = rmsnorm(E[t]) and the
 cloud knows E; deeper, it runs its own copy of the model on the prefix it already recovered plus
 every candidate token (the token-by-token matching of "Hidden No More", arXiv 2505.18332).
 Without M_pub, the mask subspace still shows as the m directions of abnormally large variance in
-many observations (mask variance per direction ~ s^2 |x|^2 / m vs. ~|x|^2 / d for the signal).
+many observations (mask variance per direction ~ s^2 |x|^2 / m vs. ~|x|^2 / d for the signal); the
+rank m itself is public (manifest), and can also be read off the spectrum.
 
 Shape legend: n observed rows of one op, d = d_in, k rows of a subspace basis U [k, d]
 (orthonormal), C candidate tokens.
@@ -24,6 +26,7 @@ from talaria_wire import OpKey
 from talaria_wire.ops import BLOCK_OPS
 
 PCA_GAP = 10.0  # eigenvalue ratio lambda_k / lambda_{k+1} that counts as "abnormally large variance"
+# (only when the rank is not given; the audit gives the public rank m and estimates the directions)
 MASK_ENERGY_RATIO = 4.0  # per-dimension energy in span(U) vs. its complement that signals a mask
 
 
@@ -55,27 +58,36 @@ def nearest(obs: torch.Tensor, table: torch.Tensor, remove: torch.Tensor | None 
 @dataclass
 class SubspaceEstimate:
     basis: torch.Tensor  # U [k, d]: the k directions of largest variance (k = 0: no mask found)
-    gap: float  # lambda_k / lambda_{k+1} at the chosen k (the largest consecutive ratio)
+    gap: float  # lambda_k / lambda_{k+1} at the chosen k
     eigenvalues: torch.Tensor  # [d] descending
 
 
-def estimate_mask_subspace(obs: torch.Tensor, gap: float = PCA_GAP) -> SubspaceEstimate:
-    """Principal components of the observations; keep the top k up to the largest spectral gap.
+def estimate_mask_subspace(obs: torch.Tensor, rank: int | None = None, gap: float = PCA_GAP) -> SubspaceEstimate:
+    """Principal components of the observations, as an estimate of span(M_pub) without M_pub.
 
-    Uses neither M_pub nor the public rank: k is where consecutive eigenvalues of the covariance
-    drop by the largest factor, accepted only if that factor exceeds `gap`.
+    With `rank` (the public m of the op, published in the manifest) keep the top `rank` components.
+    Without it, keep the top k up to the largest drop between consecutive eigenvalues, if that drop
+    exceeds `gap` (else k = 0: no mask seen). Only the numerically non-zero part of the spectrum
+    counts: at layer 0 rows repeat whenever a token repeats, so the observations of an unmasked op
+    can span fewer than d directions, and the edge of that span is not a mask.
     """
     x = obs.double()
     x = x - x.mean(0, keepdim=True)
     cov = x.T @ x / max(1, x.shape[0] - 1)  # [d, d]
     evals, evecs = torch.linalg.eigh(cov)  # ascending
     evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
-    ratios = evals[:-1] / evals[1:].clamp_min(evals[0] * 1e-15)  # lambda_i / lambda_{i+1}
-    k = int(ratios.argmax()) + 1
-    best = float(ratios[k - 1])
-    if best < gap:
-        k = 0
-    return SubspaceEstimate(evecs[:, :k].T.contiguous(), best, evals)
+    live = max(1, int((evals > evals[0] * 1e-9).sum()))  # numerical rank of the observations
+    ratios = evals[: live - 1] / evals[1:live]  # lambda_i / lambda_{i+1}, i < live
+    if rank is not None:
+        k = min(rank, evals.numel())
+        drop = float(ratios[k - 1]) if 0 < k < live else float("inf")
+    elif ratios.numel() == 0:
+        k, drop = 0, 1.0
+    else:
+        k = int(ratios.argmax()) + 1
+        drop = float(ratios[k - 1])
+        k = k if drop >= gap else 0
+    return SubspaceEstimate(evecs[:, :k].T.contiguous(), drop, evals)
 
 
 def mask_energy_ratio(obs: torch.Tensor, basis: torch.Tensor) -> float:

@@ -7,7 +7,8 @@ Scoring happens afterwards, in `score`, on the attacker's predicted token id per
 Attacks (names used in the tables); A1-A5 as in the audit issue:
     nn         A1  layer-0 qkv rows vs. rmsnorm(E), full space
     nn-proj    A2  the same in the complement of span(M_pub)                  (public basis)
-    nn-pca     A4  the same in the complement of the top principal directions (basis unused)
+    nn-pca     A4  the same in the complement of the top-m principal directions of the observed
+                   rows (m: the public rank of the op; M_pub itself unused)
     match      A3  token-by-token matching with the public model (arXiv 2505.18332), in the
                    complement of span(M_pub) when the transcript shows a mask there, else full space
     match-pca  A3+A4  the matcher in the complement of the PCA-estimated subspace
@@ -101,7 +102,7 @@ class Attacker:
             if "nn-proj" in wanted:
                 results["nn-proj"][layer0] = {"pred": self.candidates[A.nearest(obs, self.table, tr.bases[layer0])]}
             if "nn-pca" in wanted:
-                est = A.estimate_mask_subspace(obs)
+                est = A.estimate_mask_subspace(obs, tr.manifest.op(layer0).rank)
                 results["nn-pca"][layer0] = {"pred": self.candidates[A.nearest(obs, self.table, est.basis)],
                                              "pca_rank": est.basis.shape[0], "pca_gap": est.gap}
             say(f"  layer-0 nearest-neighbour attacks ({time.monotonic() - t0:.1f}s)")
@@ -116,7 +117,7 @@ class Attacker:
                 variants.append(A.MatchVariant(op, obs, remove))
                 slots.append(("match", op, {"projected": remove is not None, "energy_ratio": ratio}))
             if "match-pca" in wanted:
-                est = A.estimate_mask_subspace(obs)
+                est = A.estimate_mask_subspace(obs, tr.manifest.op(op).rank)
                 variants.append(A.MatchVariant(op, obs, est.basis))
                 slots.append(("match-pca", op, {"pca_rank": est.basis.shape[0], "pca_gap": est.gap}))
         if variants:

@@ -50,6 +50,16 @@ def markdown(report: dict) -> str:
         f"Each cell: % of the rows the cloud received for that op whose token the attack recovered "
         f"(the row's own token; prompt and generated tokens alike). ReMO mask scale: the proxy default.",
         "",
+        "The attacker reads only the cloud's record directory (every received x~, the manifest, the public "
+        "bases) and the checkpoint (weights, architecture, tokenizer); the harness's ground truth is used "
+        "for scoring only. Attacks: `nn` nearest neighbour of layer-0 qkv rows in rmsnorm(E); `nn-proj` "
+        "the same after projecting out span(M_pub); `nn-pca` after projecting out the top-m principal "
+        "directions of the observed rows (M_pub unused); `match` token-by-token matching with the public "
+        "model on the recovered prefix (arXiv 2505.18332), in the complement of span(M_pub) when a mask is "
+        "seen there; `match-pca` the matcher with the PCA subspace; `inv` an MLP inverter trained on the "
+        "attacker's own random text, applied to the raw rows; `inv-aug` trained with simulated masks; "
+        "`inv-proj` trained and applied after projecting out span(M_pub). The lm_head op is not attacked.",
+        "",
         "## Summary",
         "",
     ]

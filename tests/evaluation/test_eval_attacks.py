@@ -44,11 +44,17 @@ def test_pca_finds_a_planted_mask_subspace_and_nothing_when_there_is_none():
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(4000, 32, generator=gen, dtype=torch.float64)
     basis = _basis(8, 32, seed=5)
-    est = A.estimate_mask_subspace(_masked(x, basis, scale=10.0, seed=6))
-    assert est.basis.shape == (8, 32)
-    # principal angles ~0: |U_est U^T|_F^2 = m exactly when the spans coincide
-    assert (est.basis @ basis.T).pow(2).sum() > 8 - 1e-2
+    obs = _masked(x, basis, scale=10.0, seed=6)
+    for est in (A.estimate_mask_subspace(obs), A.estimate_mask_subspace(obs, rank=8)):
+        assert est.basis.shape == (8, 32)
+        # principal angles ~0: |U_est U^T|_F^2 = m exactly when the spans coincide
+        assert (est.basis @ basis.T).pow(2).sum() > 8 - 1e-2
     assert A.estimate_mask_subspace(x).basis.shape[0] == 0
+    # repeated rows (a token seen many times at layer 0) span fewer than d directions: no mask either
+    few = torch.randn(20, 32, generator=gen, dtype=torch.float64)[torch.randint(0, 20, (500,), generator=gen)]
+    assert A.estimate_mask_subspace(few).basis.shape[0] == 0
+    est = A.estimate_mask_subspace(_masked(few, basis, scale=10.0, seed=7))
+    assert est.basis.shape[0] == 8 and (est.basis @ basis.T).pow(2).sum() > 8 - 1e-2
 
 
 def test_mask_energy_ratio_tells_masked_from_plain_traffic():
