@@ -65,6 +65,7 @@ def test_predictions_name_done_work_and_combine_without_double_counting():
     assert combined["saving_ms"] == pytest.approx(by[8, speed_report.LEAN]["saving_ms"] + attn["saving_ms"])
     pipe = by[8, speed_report.PIPELINE]  # max(2 x GEMM(4 rows), CVM work) + serialisation + 2 x calls x RTT
     assert pipe["predicted_ms"] == pytest.approx(max(2 * 0.7, 1.0 + 2.0 + 0.1 + 0.4) + 0.5 + 2 * 9 * 0.01)
+    assert pipe["now_ms"] == pytest.approx(by[8, speed_report.LEAN]["predicted_ms"])  # compared with lean alone
 
 
 def test_speed_markdown_and_plot(tmp_path):
@@ -145,3 +146,21 @@ def test_float32_predictions_take_components_from_the_float32_cloud():
     assert wire32["saving_ms"] == pytest.approx((1.0 - 0.6) + 0.6 + 0.2)  # + GEMM; not its noisy measured step
     combined = by[1, "combined: lean transport + float32 recovery + batched attention"]
     assert combined["saving_ms"] == pytest.approx(by[1, speed_report.LEAN]["saving_ms"] + 0.8)
+
+
+def test_speed_report_renders_from_its_json(tmp_path):
+    """bench.md can be rebuilt from bench.json: NaN became null, integer keys became strings."""
+    import json
+
+    from benchmarks.common import write_json
+
+    result = speed_result()
+    result["profile"]["mixed, websocket, cloud 2 threads"] = _profile("mixed", "websocket", 2, 9.5)
+    result["profile"]["mixed, websocket, cloud 2 threads"]["batch=1"]["decode"]["cloud_gemm_ms"] = float("nan")
+    report = {"mode": "full", "config": {"prompt_len": 16, "new_tokens": 32},
+              "machine": {"cpu": "cpu", "cores": 2, "torch": "x", "cuda": False},
+              "load_avg_start": 1.0, "load_avg_end": 2.0, "models": {"tiny": result}}
+    write_json(tmp_path / "bench.json", report)
+    md = speed_report.markdown(json.loads((tmp_path / "bench.json").read_text()))
+    assert md == speed_report.markdown(report)
+    assert speed_report.PIPELINE in md
