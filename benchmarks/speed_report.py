@@ -187,9 +187,10 @@ def _breakdown(m: dict) -> list[str]:
         for b in (1, 8):
             d = prof[f"batch={b}"]["decode"]
             rows.append([label, b, d["total_ms"], *[d[c] for c in COMPONENTS], d["serialise_ms"],
-                         d["cloud_cpu_ms_mean"], d["transport_ms_per_call"], _kib(d["payload_bytes_per_step"])])
+                         _pct(ratio(d["cloud_cpu_ms_mean"], d["wall_ms_mean"])), d["transport_ms_per_call"],
+                         _kib(d["payload_bytes_per_step"])])
     head = ["precision, transport, cloud threads", "batch", "step ms", "cloud GEMM", "transport", "masking",
-            "attention", "sampling", "other CVM", "(serialise)", "(cloud CPU, mean)", "transport ms/call",
+            "attention", "sampling", "other CVM", "(serialise)", "cloud busy", "transport ms/call",
             "payload KiB/step"]
     calls = base_profile(m)["batch=1"]["decode"]["calls_per_step"]
     return [f"Where a decode step goes: the proxy's engine in the benchmark process against the cloud process, "
@@ -197,7 +198,8 @@ def _breakdown(m: dict) -> list[str]:
             "up to the median step). cloud GEMM: each call charged the time of its (op, rows) on an identical "
             "in-process service, timed in model-order sweeps; transport: round trip minus GEMM (serialisation, "
             "framing, the cloud's event loop, loopback, wake-ups); (serialise): encode/decode share of transport; "
-            "(cloud CPU): CPU time of the cloud process per step. With 2 cloud threads the GEMM is not split out: "
+            "cloud busy: CPU time of the cloud process / wall time, over all profiled steps incl. prefills (/proc "
+            "ticks are too coarse per step). With 2 cloud threads the GEMM is not split out: "
             "timing a 2-thread team on a shared 2-core machine measures the other jobs.", "",
             markdown_table(head, rows), "",
             f"Profiled step vs the OpenAI endpoint: {fmt(base_profile(m)['batch=1']['decode']['total_ms'])} ms/step vs "

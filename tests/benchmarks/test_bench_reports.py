@@ -12,7 +12,7 @@ def _decode(total, transport, gemm=1.0, attention=1.0):
     return {"total_ms": total, "cloud_gemm_ms": gemm, "transport_ms": transport, "serialise_ms": 0.5,
             "masking_ms": 1.0, "attention_ms": attention, "sampling_ms": 0.1, "other_cvm_ms": 0.4,
             "calls_per_step": 9, "transport_ms_per_call": transport / 9, "payload_bytes_per_step": 2048,
-            "cloud_cpu_ms_mean": 3.0}
+            "cloud_cpu_ms_mean": 3.0, "wall_ms_mean": 12.0}
 
 
 def _profile(mode, transport, threads, total):
@@ -75,6 +75,7 @@ def test_speed_markdown_and_plot(tmp_path):
     md = speed_report.markdown(report)
     assert "| Talaria, 8 streams | 1+1 | 16 | - | 60 | 480 | 0.15 | 1.2 | 30 | - |" in md
     assert "target <= 1.5: NOT met" in md and "'mixed'" in md
+    assert "| mixed, websocket, cloud 1 thread | 1 | 9 | 1 | 6 | 1 | 1 | 0.1 | 0.4 | 0.5 | 25% | 0.667 | 2 |" in md
     speed_report.plot(report, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
