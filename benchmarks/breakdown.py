@@ -206,7 +206,7 @@ def profile_engine(cloud, table: GemmTable, prompts: list[list[int]], decode_ste
     from talaria_proxy.linear_backend import HttpLinearBackend
     from talaria_proxy.runtime import build_runtime
 
-    backend = TimingBackend(HttpLinearBackend(cloud.url, timeout=600.0, use_websocket=transport == "websocket"), table)
+    backend = TimingBackend(HttpLinearBackend(cloud.url, timeout=600.0, transport=transport), table)
     out: dict = {}
     try:
         rt = build_runtime(backend, "remo")

@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compute-dtype", choices=["mixed", "float64", "float32"],
                    help="GEMM precision: mixed (default: float64 wire, float32 GEMM on the mask-free part), "
                         "float64, or float32 (lossy with large masks)")
+    p.add_argument("--frame-port", type=int, help="port of the framed linear-call socket (default 0: any free port)")
+    p.add_argument("--reply", choices=["projected", "full"],
+                   help="answer x_perp W + b and let the CVM add the basis part (projected, default) or x~ W + b")
     p.add_argument("--mask-rank", type=int, help="ReMO rank m for every op (default 64)")
     p.add_argument("--basis-seed", type=int, help="seed of the public ReMO bases (default 0)")
     p.add_argument("--record", dest="record_dir", metavar="DIR", help="record every received call into DIR")
@@ -45,6 +48,7 @@ def build_service(settings):
         default_rank=settings.mask_rank,
         rank_overrides=settings.mask_ranks,
         record_dir=settings.record_dir,
+        reply=settings.reply,
     )
 
 
@@ -52,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from cloud_backend.settings import CloudSettings
     from talaria_cli.config import ConfigError, exit_on_config_error, load_settings
 
-    flags = {k: getattr(args, k) for k in ("model", "host", "port", "api_key", "device", "compute_dtype",
+    flags = {k: getattr(args, k) for k in ("model", "host", "port", "frame_port", "api_key", "device", "compute_dtype", "reply",
                                             "mask_rank", "basis_seed", "record_dir", "threads", "log_level")}
     try:
         settings = load_settings(CloudSettings, args.config, **flags)
@@ -72,6 +76,19 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if settings.record_dir:
         logging.getLogger(__name__).warning("recording every received call into %s", settings.record_dir)
-    app = build_app(service, api_key=settings.api_key)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    frames = None
+    if settings.frame_port is not None:
+        from cloud_backend.frame_server import FrameServer
+
+        try:
+            frames = FrameServer(service, settings.host, settings.frame_port, settings.api_key).start()
+        except OSError as exc:
+            print(f"talaria cloud: cannot open the frame socket on port {settings.frame_port}: {exc}", file=sys.stderr)
+            return 2
+    app = build_app(service, api_key=settings.api_key, frame_port=frames.port if frames else None)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    finally:
+        if frames is not None:
+            frames.stop()
     return 0

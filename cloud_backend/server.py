@@ -1,6 +1,6 @@
 """REST API of the cloud backend (protocol talaria/1).
 
-    GET  /health                      200 when ready
+    GET  /health                      200 when ready; JSON with the frame socket's port (or null)
     GET  /v1/manifest                 JSON Manifest
     GET  /v1/recovery/{op}            safetensors {'basis': M_pub [m, d_in], 'recovery': R_pub [m, d_out]}
     GET  /v1/cvm-params               safetensors: embedding table, RoPE inv_freq, q/k-norm gains
@@ -9,6 +9,7 @@
     WS   /v1/linear-ws                the same call as binary frames on one socket: safetensors
                                       {'x'} with metadata {'op'} -> {'y'}, or a JSON error text frame
                                       (a step's 4L+1 calls then cost no HTTP request overhead)
+    TCP  frame_port                   the same call as raw frames (talaria_wire/frames.py; fastest)
 
 {op} is '3.qkv', '3.o', '3.gate_up', '3.down' or 'lm_head'. Every response carries
 `x-talaria-fingerprint` so the proxy notices a cloud that came back with other weights or bases.
@@ -40,7 +41,7 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
 
 
-def build_app(service: MaskedLinearService, api_key: str | None = None) -> FastAPI:
+def build_app(service: MaskedLinearService, api_key: str | None = None, frame_port: int | None = None) -> FastAPI:
     app = FastAPI(title="Talaria cloud backend", version=service.manifest.protocol)
     fingerprint = service.manifest.fingerprint
     cvm_blob = encode_tensors(
@@ -62,7 +63,8 @@ def build_app(service: MaskedLinearService, api_key: str | None = None) -> FastA
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "model": service.manifest.model_name, "fingerprint": fingerprint}
+        return {"status": "ok", "model": service.manifest.model_name, "fingerprint": fingerprint,
+                "frame_port": frame_port}
 
     @app.get("/v1/manifest")
     def manifest():

@@ -13,6 +13,13 @@ Precision modes (`compute`):
   float32  x~ W in float32 on a float32 wire: with masks much larger than the signal the rounding
            error scales with the mask (measurement only; see results/precision).
 The split uses nothing but what the cloud already knows (B is public), so it leaks nothing new.
+
+Reply (`reply`):
+  full       y~ = x~ W + b as above; the CVM subtracts M_pvt R_pub.
+  projected  (default) the cloud answers only the complement part z = x_perp W + b, in the weight
+             dtype (float32 under mixed: half the bytes); the CVM, which knows x, adds
+             (x B^T) R_pub itself. The mask never reaches the product, the cloud skips the m x d_out
+             term, and the CVM can compute its term while the cloud computes z.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ class MaskedLinearService:
         default_rank: int = 64,
         rank_overrides: dict[str, int] | None = None,
         record_dir: str | Path | None = None,
+        reply: str = "projected",
     ):
         self.model = model
         weight_dtype = next(iter(model.ops.values())).weight.dtype
@@ -69,8 +77,12 @@ class MaskedLinearService:
         self.mixed = weight_dtype == torch.float32 and wire_dtype == torch.float64
         if not self.mixed and wire_dtype != weight_dtype:
             raise ValueError(f"wire dtype {wire_dtype} needs float64 or float32 weights, got {weight_dtype}")
+        if reply not in ("full", "projected"):
+            raise ValueError(f"reply must be 'full' or 'projected', got {reply!r}")
+        self.projected = reply == "projected"
         dtype = wire_dtype
         self.dtype = dtype
+        self.reply_dtype = weight_dtype if self.projected else dtype
         self.ranks = resolve_ranks(model, default_rank, rank_overrides)
         self.bases: dict[str, torch.Tensor] = {}
         self.recovery: dict[str, torch.Tensor] = {}
@@ -84,17 +96,19 @@ class MaskedLinearService:
             self.bases[key.name] = basis
             recovery = basis.to(w.device, dtype) @ w.to(dtype)  # R_pub: [m, d_out]
             self.recovery[key.name] = recovery.cpu()
-            if self.mixed:  # kept on the device for the split GEMM
+            if self.mixed or self.projected:  # kept on the device for the split GEMM
                 self._basis_dev[key.name] = basis.to(w.device)
                 self._recovery_dev[key.name] = recovery
             if n % 16 == 0 or n == len(keys):
                 log.info("recovery tensors %d/%d (%.1fs)", n, len(keys), time.monotonic() - t0)
-        fingerprint_src = f"{model.weights_digest}:{basis_seed}:{sorted(self.ranks.items())}:{dtype}:{self.mixed}"
+        fingerprint_src = f"{model.weights_digest}:{basis_seed}:{sorted(self.ranks.items())}:{dtype}:{self.mixed}:{reply}"
         self.manifest = Manifest(
             protocol=PROTOCOL_VERSION,
             model_name=model.name,
             fingerprint=hashlib.sha256(fingerprint_src.encode()).hexdigest()[:16],
             wire_dtype=dtype_name(dtype),
+            reply=reply,
+            reply_dtype=dtype_name(self.reply_dtype),
             arch=model.arch,
             ops=[
                 OpSpec(
@@ -112,7 +126,7 @@ class MaskedLinearService:
         self.calls = 0
 
     def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """y~ = x~ W (+ b) for op `name`; x: [N, d_in] in the wire dtype -> [N, d_out]."""
+        """y~ = x~ W (+ b) for op `name` (projected reply: x_perp W + b); x: [N, d_in] in the wire dtype."""
         op = self.model.ops.get(name)
         if op is None:
             raise LinearCallError(f"unknown op {name!r}; expected '<layer>.<qkv|o|gate_up|down>' or 'lm_head'", 404)
@@ -127,11 +141,13 @@ class MaskedLinearService:
         self.calls += 1
         w = op.weight
         x = x.to(w.device)
-        if self.mixed:
-            basis = self._basis_dev[name]  # [m, d_in] orthonormal rows
+        if self.mixed or self.projected:
+            basis = self._basis_dev[name].to(x.dtype)  # [m, d_in] orthonormal rows
             coords = x @ basis.T  # c: [N, m]
             x_perp = torch.addmm(x, coords, basis, alpha=-1)  # x~ - c B: [N, d_in], mask-free
-            y = torch.addmm((x_perp.float() @ w).double(), coords, self._recovery_dev[name])  # [N, d_out]
+            y = x_perp.to(w.dtype) @ w  # [N, d_out]
+            if not self.projected:  # full reply: add the basis part c R_pub in the wire dtype
+                y = torch.addmm(y.to(x.dtype), coords, self._recovery_dev[name].to(x.dtype))
         else:
             y = x @ w  # [N, d_out]
         if op.bias is not None:

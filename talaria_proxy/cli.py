@@ -22,8 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cloud", dest="cloud_url", metavar="URL", help="cloud backend base URL (default http://127.0.0.1:8100)")
     p.add_argument("--cloud-api-key", help="bearer token presented to the cloud backend")
     p.add_argument("--cloud-timeout", type=float, help="seconds per cloud call before a request fails (default 30)")
-    p.add_argument("--cloud-transport", choices=["websocket", "http"],
-                   help="how linear calls travel: frames on one WebSocket (default) or one HTTP POST each")
+    p.add_argument("--cloud-transport", choices=["tcp", "websocket", "http"],
+                   help="how linear calls travel: raw frames on the cloud's frame socket (tcp, default), "
+                        "messages on one WebSocket, or one HTTP POST each")
     p.add_argument("--threads", type=int, help="torch intra-op threads in the proxy (default: torch's)")
     p.add_argument("--cloud-wait", type=float, help="seconds to wait at start for the cloud to come up (default 120)")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(settings.threads)
     backend = HttpLinearBackend(settings.cloud_url, settings.cloud_api_key, timeout=settings.cloud_timeout,
-                                use_websocket=settings.cloud_transport == "websocket")
+                                transport=settings.cloud_transport)
     try:
         log.info("waiting for the cloud backend at %s (up to %.0fs)", settings.cloud_url, settings.cloud_wait)
         wait_for_cloud(backend, settings.cloud_wait)

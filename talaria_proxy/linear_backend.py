@@ -2,8 +2,9 @@
 
 `LinearBackend` is everything the engine needs from the cloud: the manifest, the public ReMO
 tensors of an op, the CVM parameters, the tokenizer files and `linear(op, x~) -> y~`.
-`HttpLinearBackend` is production: setup over REST (httpx), and the linear calls either as binary
-frames on one WebSocket (default: no per-call HTTP overhead) or as POSTs with safetensors bodies;
+`HttpLinearBackend` is production: setup over REST (httpx), and the linear calls as raw frames on
+one TCP socket (`tcp`, default: a call costs its bytes plus a round trip), as binary messages on
+one WebSocket (`websocket`), or as POSTs with safetensors bodies (`http`);
 `InProcessLinearBackend` calls a service object directly, for tests and benchmarks without a network.
 """
 
@@ -13,6 +14,8 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import httpx
 import torch
@@ -20,12 +23,42 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from talaria_proxy.errors import CloudRejected, CloudUnavailable
+from talaria_proxy.frame_client import FrameLink
 from talaria_wire import Manifest, WireFormatError, decode_tensors, encode_tensors
 from talaria_wire.tensors import MEDIA_TYPE, decode_metadata
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT_HEADER = "x-talaria-fingerprint"
+TRANSPORTS = ("tcp", "websocket", "http")
+
+
+class PendingCall:
+    """A linear call on its way: `result()` waits for y~; `abandon()` gives it up (on an error in
+    the CVM's own work meanwhile). Exactly one of the two must be called."""
+
+    def __init__(self, finish: Callable[[], torch.Tensor], release: Callable[[bool], None] | None = None):
+        self._finish = finish
+        self._release = release
+        self._open = True
+
+    def result(self) -> torch.Tensor:
+        ok = False
+        try:
+            y = self._finish()
+            ok = True
+            return y
+        finally:
+            self._close(ok)
+
+    def abandon(self) -> None:
+        self._close(False)
+
+    def _close(self, ok: bool) -> None:
+        if self._open:
+            self._open = False
+            if self._release is not None:
+                self._release(ok)
 
 
 class LinearBackend(ABC):
@@ -46,6 +79,12 @@ class LinearBackend(ABC):
     @abstractmethod
     def linear(self, op: str, x: torch.Tensor) -> torch.Tensor:
         """y~ = x~ W (+ b) computed by the cloud; x: [N, d_in] in the wire dtype."""
+
+    def begin(self, op: str, x: torch.Tensor) -> PendingCall:
+        """Start `linear(op, x)`; the CVM may compute until it calls `.result()`. This default
+        computes at once; backends with a socket send here and receive in `result()`."""
+        y = self.linear(op, x)
+        return PendingCall(lambda: y)
 
     def close(self) -> None:
         pass
@@ -77,23 +116,29 @@ class HttpLinearBackend(LinearBackend):
     """Talks protocol talaria/1 to `base_url` (e.g. http://cloud:8100) over one kept-alive connection."""
 
     def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 30.0,
-                 connect_timeout: float = 3.0, transport: httpx.BaseTransport | None = None,
-                 use_websocket: bool = True):
+                 connect_timeout: float = 3.0, http_transport: httpx.BaseTransport | None = None,
+                 transport: str = "tcp"):
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown cloud transport {transport!r}; expected one of {', '.join(TRANSPORTS)}")
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
         self._headers = headers
         self._timeout = timeout
         self._connect_timeout = connect_timeout
-        self._use_websocket = use_websocket and transport is None
+        # a mocked httpx transport (tests) has no sockets behind it: POSTs only
+        self.transport = "http" if http_transport is not None else transport
         self._ws: ClientConnection | None = None
         self._ws_lock = threading.Lock()  # one call in flight per socket
         self._client = httpx.Client(
             base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            transport=transport,
+            transport=http_transport,
         )
         self._fingerprint: str | None = None
+        self._op_index: dict[str, int] = {}
+        self._frames = FrameLink(self._frame_address, api_key, self._check_fingerprint,
+                                 connect_timeout=connect_timeout, timeout=timeout)
 
     # -- plumbing --------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
@@ -129,6 +174,7 @@ class HttpLinearBackend(LinearBackend):
         resp = self._request("GET", "/v1/manifest")
         manifest = Manifest.model_validate(resp.json())
         self._fingerprint = manifest.fingerprint
+        self._op_index = {op.name: i for i, op in enumerate(manifest.ops)}
         return manifest
 
     def public_tensors(self, op):
@@ -144,14 +190,52 @@ class HttpLinearBackend(LinearBackend):
         return self._request("GET", "/v1/tokenizer").json()
 
     def linear(self, op, x):
-        if self._use_websocket:
-            return self._linear_ws(op, x)
+        if self.transport != "http":
+            return self.begin(op, x).result()
         resp = self._request("POST", f"/v1/linear/{op}", content=encode_tensors({"x": x}),
                              headers={"content-type": MEDIA_TYPE})
         try:
             return decode_tensors(resp.content)["y"]
         except (WireFormatError, KeyError) as exc:
             raise CloudRejected(f"cloud sent a malformed answer for {op}: {exc}") from exc
+
+    def begin(self, op, x):
+        if self.transport == "http":
+            return super().begin(op, x)
+        self._ws_lock.acquire()  # released by the PendingCall: one call in flight per socket
+        try:
+            if self.transport == "tcp":
+                if not self._op_index:
+                    self.manifest()  # op names -> frame op indices
+                index = self._op_index.get(op)
+                if index is None:
+                    raise CloudRejected(f"unknown op {op!r}: not in the cloud's manifest")
+                self._frames.send(index, x)
+                finish = lambda: self._frames.receive(op)  # noqa: E731
+            else:
+                self._ws_send(op, x)
+                finish = lambda: self._ws_receive(op)  # noqa: E731
+        except BaseException:
+            self._ws_lock.release()
+            raise
+        return PendingCall(finish, self._end_call)
+
+    def _end_call(self, ok: bool) -> None:
+        try:
+            if not ok:  # abandoned or failed: an answer may still come, so never reuse the socket
+                self._frames.drop()
+                self._drop_socket()
+        finally:
+            self._ws_lock.release()
+
+    def _frame_address(self) -> tuple[str, int]:
+        """(host, port) of the cloud's frame socket, asked of /health at every (re)connect."""
+        resp = self._request("GET", "/health")
+        port = resp.json().get("frame_port")
+        if not port:
+            raise CloudRejected("the cloud backend has no frame socket (its frame_port is off); "
+                                "set cloud_transport to websocket or http, or enable it on the cloud")
+        return urlsplit(self.base_url).hostname or "127.0.0.1", int(port)
 
     def _socket(self) -> ClientConnection:
         if self._ws is None:
@@ -175,18 +259,25 @@ class HttpLinearBackend(LinearBackend):
             self._ws.close()
             self._ws = None
 
-    def _linear_ws(self, op: str, x: torch.Tensor) -> torch.Tensor:
-        with self._ws_lock:
-            ws = self._socket()
-            try:
-                ws.send(encode_tensors({"x": x}, metadata={"op": op}))
-                reply = ws.recv(timeout=self._timeout)
-            except TimeoutError as exc:
-                self._drop_socket()  # a late answer must not be read as the next call's
-                raise CloudUnavailable(f"cloud backend at {self.base_url} timed out on {op}") from exc
-            except (OSError, WebSocketException) as exc:
-                self._drop_socket()
-                raise CloudUnavailable(f"cloud backend at {self.base_url} is unreachable: {exc}") from exc
+    def _ws_send(self, op: str, x: torch.Tensor) -> None:
+        ws = self._socket()
+        try:
+            ws.send(encode_tensors({"x": x}, metadata={"op": op}))
+        except (OSError, WebSocketException) as exc:
+            self._drop_socket()
+            raise CloudUnavailable(f"cloud backend at {self.base_url} is unreachable: {exc}") from exc
+
+    def _ws_receive(self, op: str) -> torch.Tensor:
+        if self._ws is None:
+            raise CloudUnavailable(f"cloud backend at {self.base_url}: no call in flight for {op}")
+        try:
+            reply = self._ws.recv(timeout=self._timeout)
+        except TimeoutError as exc:
+            self._drop_socket()  # a late answer must not be read as the next call's
+            raise CloudUnavailable(f"cloud backend at {self.base_url} timed out on {op}") from exc
+        except (OSError, WebSocketException) as exc:
+            self._drop_socket()
+            raise CloudUnavailable(f"cloud backend at {self.base_url} is unreachable: {exc}") from exc
         if isinstance(reply, str):
             import json
 
@@ -209,6 +300,7 @@ class HttpLinearBackend(LinearBackend):
     def close(self) -> None:
         with self._ws_lock:
             self._drop_socket()
+            self._frames.drop()
         self._client.close()
 
 

@@ -1,7 +1,8 @@
 """`MaskedLinearClient`: the one door through which the model reaches a weight.
 
-mask in the CVM -> linear on the cloud -> unmask in the CVM, with counters that the benchmark and
-the batching test read (calls, rows, bytes, and time split into masking vs. cloud round trip).
+mask in the CVM -> send to the cloud -> (the CVM's share of a projected answer, while the cloud
+computes) -> receive -> finish in the CVM, with counters that the benchmark and the batching test
+read (calls, rows, bytes, and time split into CVM masking work vs. time spent on the cloud call).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ class LinearStats:
     rows: int = 0
     bytes_sent: int = 0  # tensor payload only (x~), excluding headers
     bytes_received: int = 0  # y~ payload
-    mask_seconds: float = 0.0  # CVM time in mask + unmask
-    cloud_seconds: float = 0.0  # round trip: serialisation, transport, cloud GEMM
+    mask_seconds: float = 0.0  # CVM time in mask, share and finish (the share overlaps the cloud)
+    cloud_seconds: float = 0.0  # CVM time sending and waiting for answers (serialisation, transport, GEMM)
+    overlap_seconds: float = 0.0  # the part of mask_seconds spent while a call was in flight
 
     def reset(self) -> None:
         self.__init__()
@@ -38,18 +40,28 @@ class MaskedLinearClient:
 
     def __call__(self, op: str, x: torch.Tensor) -> torch.Tensor:
         """y = x W (+ b) for op; x: [N, d_in] float32 -> [N, d_out] float32."""
+        scheme = self.scheme
         t0 = time.perf_counter()
-        x_masked, secret = self.scheme.mask(op, x)
+        x_masked, secret = scheme.mask(op, x)
         t1 = time.perf_counter()
-        y_masked = self.backend.linear(op, x_masked)
+        pending = self.backend.begin(op, x_masked)
         t2 = time.perf_counter()
-        y = self.scheme.unmask(op, y_masked, secret)
+        try:
+            share = scheme.completion(op, x)  # runs while the cloud computes
+        except BaseException:
+            pending.abandon()
+            raise
         t3 = time.perf_counter()
+        answer = pending.result()
+        t4 = time.perf_counter()
+        y = scheme.finish(op, answer, secret, share)
+        t5 = time.perf_counter()
         s = self.stats
         s.calls += 1
         s.rows += x.shape[0]
         s.bytes_sent += x_masked.numel() * x_masked.element_size()
-        s.bytes_received += y_masked.numel() * y_masked.element_size()
-        s.mask_seconds += (t1 - t0) + (t3 - t2)
-        s.cloud_seconds += t2 - t1
+        s.bytes_received += answer.numel() * answer.element_size()
+        s.mask_seconds += (t1 - t0) + (t3 - t2) + (t5 - t4)
+        s.overlap_seconds += t3 - t2
+        s.cloud_seconds += (t2 - t1) + (t4 - t3)
         return y

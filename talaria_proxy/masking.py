@@ -1,8 +1,16 @@
 """Masking schemes: what the CVM does to x before the cloud sees it, and how it undoes it on y.
 
 A scheme turns x [N, d_in] (float32 plaintext) into x~ in the wire dtype plus a secret it keeps,
-and turns the cloud's y~ = x~ W + b back into y = x W + b. The decode loop only ever calls
-`mask` and `unmask`, so a new scheme (LWE-style, two-cloud shares) plugs in via `SCHEMES`.
+and turns the cloud's answer back into y = x W + b. The decode loop only calls `mask`,
+`completion` and `finish`, so a new scheme (LWE-style, two-cloud shares) plugs in via `SCHEMES`.
+
+Two kinds of answer (the manifest's `reply`):
+  full       y~ = x~ W + b; `unmask` removes the mask.
+  projected  z = x_perp W + b with x_perp = x~ - (x~ B^T) B, B = M_pub. A mask inside span(B) is
+             gone from z; the CVM adds its own share (x B^T) R_pub = x B^T B W, which depends on x
+             alone and so is computed while the cloud computes z. Float32 is enough for it: it has
+             the size of the signal, not of the mask. Only schemes whose masks lie in span(B)
+             (`mask_in_basis_span`) can take projected answers.
 
 Shape legend: N rows in the call, d = d_in, m = ReMO rank, o = d_out.
 """
@@ -22,12 +30,37 @@ from talaria_wire.tensors import WIRE_DTYPES
 
 class MaskScheme(ABC):
     name: str = ""
+    mask_in_basis_span = False  # True: every mask lies in span(M_pub), so projected answers drop it
 
     def __init__(self, manifest: Manifest):
         self.wire_dtype = WIRE_DTYPES[manifest.wire_dtype]
+        self.projected = manifest.reply == "projected"
+        if self.projected and not self.mask_in_basis_span:
+            raise ValueError(f"masking scheme {self.name!r} cannot take the cloud's projected answers; "
+                             "start the cloud with reply: full")
+        self._share: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # op -> (B^T [d, m], R_pub [m, o]) float32
 
     def prepare(self, op: str, backend) -> None:
         """Fetch whatever public per-op state the scheme needs (called once per op at start)."""
+        if self.projected:
+            self._keep_share(op, *backend.public_tensors(op))
+
+    def _keep_share(self, op: str, basis: torch.Tensor, recovery: torch.Tensor) -> None:
+        self._share[op] = (basis.float().T.contiguous(), recovery.float())
+
+    def completion(self, op: str, x: torch.Tensor) -> torch.Tensor | None:
+        """The CVM's share of a projected answer, (x B^T) R_pub [N, o] float32 (None for full answers).
+        Needs only x: the caller computes it while the cloud works."""
+        if not self.projected:
+            return None
+        basis_t, recovery = self._share[op]
+        return (x.float() @ basis_t) @ recovery
+
+    def finish(self, op: str, answer: torch.Tensor, secret: Any, share: torch.Tensor | None) -> torch.Tensor:
+        """The cloud's answer -> y = x W + b, float32 [N, o]."""
+        if self.projected:
+            return share.add_(answer) if answer.dtype == torch.float32 else answer.float().add_(share)
+        return self.unmask(op, answer, secret)
 
     @abstractmethod
     def mask(self, op: str, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -42,6 +75,7 @@ class NoMask(MaskScheme):
     """The unprotected split: the cloud sees x itself. Only for measuring what masking buys."""
 
     name = "none"
+    mask_in_basis_span = True  # the zero mask
 
     def mask(self, op, x):
         return x.to(self.wire_dtype), None
@@ -61,6 +95,7 @@ class RemoMask(MaskScheme):
     """
 
     name = "remo"
+    mask_in_basis_span = True
 
     def __init__(self, manifest: Manifest, mask_scale: float = 10.0, seed: int | None = None):
         super().__init__(manifest)
@@ -75,7 +110,10 @@ class RemoMask(MaskScheme):
     def prepare(self, op, backend):
         basis, recovery = backend.public_tensors(op)
         self.basis[op] = basis.to(self.wire_dtype)
-        self.recovery[op] = recovery.to(self.wire_dtype)
+        if self.projected:  # the mask never reaches the answer: only the float32 share is needed
+            self._keep_share(op, basis, recovery)
+        else:
+            self.recovery[op] = recovery.to(self.wire_dtype)
 
     def mask(self, op, x):
         basis = self.basis[op]  # [m, d]

@@ -14,7 +14,9 @@ class ProxySettings(BaseSettings):
     cloud_url: str = "http://127.0.0.1:8100"  # base URL of the cloud backend
     cloud_api_key: str | None = None  # bearer token presented to the cloud
     cloud_timeout: float = Field(30.0, gt=0)  # seconds per cloud call before the request fails (502/503)
-    cloud_transport: Literal["websocket", "http"] = "websocket"  # how linear calls travel (setup is always REST)
+    # how linear calls travel (setup is always REST): tcp = raw frames on the cloud's frame socket,
+    # websocket = binary messages on one WebSocket, http = one POST per call
+    cloud_transport: Literal["tcp", "websocket", "http"] = "tcp"
     cloud_wait: float = Field(120.0, ge=0)  # seconds to wait at start for the cloud to come up
     host: str = "127.0.0.1"  # bind address of the OpenAI-compatible API
     port: int = Field(8000, ge=1, le=65535)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -56,10 +58,18 @@ class Manifest(BaseModel):
     protocol: str
     model_name: str
     fingerprint: str  # changes whenever weights, basis or ranks change; sent on every response
-    wire_dtype: str  # dtype of x~ and y~ on the wire (float64 keeps recovery lossless)
+    wire_dtype: str  # dtype of x~ on the wire (float64 keeps the mask's rounding off the signal)
+    # 'full': the cloud answers y~ = x~ W + b; 'projected': z = (x~ - (x~ B^T) B) W + b with B = M_pub,
+    # and the CVM adds (x B^T) R_pub (see cloud_backend/service.py)
+    reply: Literal["full", "projected"] = "full"
+    reply_dtype: str | None = None  # dtype of the answer (None: wire_dtype)
     arch: ArchSpec
     ops: list[OpSpec]
     masking: MaskingSpec
+
+    @property
+    def answer_dtype(self) -> str:
+        return self.reply_dtype or self.wire_dtype
 
     def op(self, name: str) -> OpSpec:
         for spec in self.ops:

@@ -14,7 +14,7 @@ from talaria_wire import Manifest, decode_tensors, encode_tensors
 
 @pytest.fixture(scope="module")
 def service(tiny_model):
-    return MaskedLinearService(load_prepared_model(str(tiny_model("qwen2"))), default_rank=8)
+    return MaskedLinearService(load_prepared_model(str(tiny_model("qwen2")), dtype=torch.float32), default_rank=8)  # mixed
 
 
 @pytest.fixture
@@ -32,17 +32,33 @@ def test_manifest_describes_every_op(client, service):
     assert (qkv.d_in, qkv.d_out, qkv.bias, qkv.rank) == (m.arch.hidden_size, m.arch.q_size + 2 * m.arch.kv_size, True, 8)
 
 
-def test_linear_call_returns_x_times_w_plus_b(client, service):
+def test_linear_call_returns_the_projected_answer(client, service):
+    """Default reply: z = (x - (x B^T) B) W + b in float32, and z + (x B^T) R_pub = x W + b."""
     x = torch.randn(5, service.manifest.arch.hidden_size, dtype=torch.float64)
     r = client.post("/v1/linear/1.qkv", content=encode_tensors({"x": x}))
     assert r.status_code == 200 and r.headers["x-talaria-fingerprint"] == service.manifest.fingerprint
+    assert service.manifest.reply == "projected" and service.manifest.reply_dtype == "float32"
     op = service.model.ops["1.qkv"]
-    torch.testing.assert_close(decode_tensors(r.content)["y"], x @ op.weight + op.bias)
+    w, b = op.weight.double(), op.bias.double()
+    basis, recovery = service.bases["1.qkv"], service.recovery["1.qkv"]
+    z = decode_tensors(r.content)["y"]
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z.double(), (x - (x @ basis.T) @ basis) @ w + b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z.double() + (x @ basis.T) @ recovery, x @ w + b, rtol=1e-5, atol=1e-5)
+
+
+def test_full_reply_returns_x_times_w_plus_b(service):
+    full = MaskedLinearService(service.model, default_rank=8, reply="full")
+    assert full.manifest.reply == "full" and full.manifest.answer_dtype == "float64"
+    assert full.manifest.fingerprint != service.manifest.fingerprint  # a proxy cannot mix them up
+    x = torch.randn(5, service.manifest.arch.hidden_size, dtype=torch.float64)
+    op = service.model.ops["1.qkv"]
+    torch.testing.assert_close(full.linear("1.qkv", x), x @ op.weight.double() + op.bias.double(), rtol=1e-5, atol=1e-5)
 
 
 def test_recovery_tensor_is_basis_times_weight(client, service):
     t = decode_tensors(client.get("/v1/recovery/lm_head").content)
-    torch.testing.assert_close(t["recovery"], t["basis"] @ service.model.ops["lm_head"].weight)
+    torch.testing.assert_close(t["recovery"], t["basis"] @ service.model.ops["lm_head"].weight.double())
     eye = t["basis"] @ t["basis"].T
     torch.testing.assert_close(eye, torch.eye(eye.shape[0], dtype=eye.dtype))
 

@@ -19,10 +19,10 @@ def cloud(tiny_model, tmp_path_factory):
     server.stop()
 
 
-@pytest.mark.parametrize("use_websocket", [True, False])
-def test_transports_agree_and_report_bad_calls(cloud, use_websocket):
-    backend = HttpLinearBackend(cloud.url, "k1", use_websocket=use_websocket)
-    reference = HttpLinearBackend(cloud.url, "k1", use_websocket=not use_websocket)
+@pytest.mark.parametrize("transport", ["tcp", "websocket"])
+def test_transports_agree_and_report_bad_calls(cloud, transport):
+    backend = HttpLinearBackend(cloud.url, "k1", transport=transport)
+    reference = HttpLinearBackend(cloud.url, "k1", transport="http")
     try:
         d = backend.manifest().arch.hidden_size
         x = torch.randn(3, d, dtype=torch.float64)
@@ -37,9 +37,9 @@ def test_transports_agree_and_report_bad_calls(cloud, use_websocket):
         reference.close()
 
 
-@pytest.mark.parametrize("use_websocket", [True, False])
-def test_wrong_cloud_key_is_rejected(cloud, use_websocket):
-    backend = HttpLinearBackend(cloud.url, "wrong", use_websocket=use_websocket)
+@pytest.mark.parametrize("transport", ["tcp", "websocket", "http"])
+def test_wrong_cloud_key_is_rejected(cloud, transport):
+    backend = HttpLinearBackend(cloud.url, "wrong", transport=transport)
     try:
         with pytest.raises(CloudRejected):
             backend.linear("0.qkv", torch.zeros(1, 64, dtype=torch.float64))
