@@ -42,14 +42,6 @@ def load_average() -> float:
         return float("nan")
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads), from /proc (Linux)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    # after the ')' of the command name: field 3 (state) is index 0, utime/stime are fields 14/15
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 # -- Prometheus text -------------------------------------------------------------------------
 def parse_prometheus(text: str) -> dict[str, float]:
     """{'name' or 'name{labels}': value} for every sample line of a text exposition."""
@@ -203,8 +195,7 @@ def machine() -> dict:
 
 
 def model_dir(size: str, arch: str = "qwen2") -> Path:
-    """The generated random checkpoint of `size` (same cache as `talaria eval`), made on demand."""
-    from talaria_cli.tiny_model import ensure_tiny_model
+    """The generated random checkpoint of `size` (the cache `talaria up` uses), made on demand."""
+    from talaria_cli.tiny_model import ensure_tiny_model, tiny_model_dir
 
-    suffix = "" if size == "tiny" else f"-{size}"
-    return ensure_tiny_model(Path.home() / ".cache" / "talaria" / f"tiny-{arch}{suffix}", arch, 0, size)
+    return ensure_tiny_model(tiny_model_dir(arch, size), arch, 0, size)

@@ -2,71 +2,30 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from benchmarks.common import proc_cpu_seconds, thread_env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks.common import thread_env
+from talaria_cli.processes import ManagedProcess, free_port  # noqa: F401  (free_port re-exported)
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    log_path: Path
-    threads: int
+class Server(ManagedProcess):
+    """A benchmarked server with `threads` OpenMP threads; output in `log_path`."""
 
-    def wait_ready(self, timeout: float = 600.0) -> "Server":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.log_path.name}: exited with {self.proc.returncode}\n{self.tail()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.log_path.name}: not ready after {timeout:.0f}s\n{self.tail()}")
-
-    def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.proc.pid)
+    threads = 1
+    ready_timeout = 600.0  # a 0.5B checkpoint loads slowly on a busy machine
+    stop_timeout = 20.0
 
     def tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        return self.log_tail(3000)
 
 
 def start(command: str, args: list[str], log_dir: Path, threads: int = 1) -> Server:
     """`python -m talaria_cli.main <command> ... --port P` with `threads` OpenMP threads."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{command}-{port}.log"
-    cmd = [sys.executable, "-m", "talaria_cli.main", command, *args, "--port", str(port)]
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **thread_env(threads)})
-    return Server(proc, f"http://127.0.0.1:{port}", log_path, threads)
+    server = Server.on_port(command, args, port, env=thread_env(threads), log_path=log_dir / f"{command}-{port}.log")
+    server.threads = threads
+    return server
 
 
 def start_cloud(model: Path, log_dir: Path, compute_dtype: str, threads: int = 1) -> Server:

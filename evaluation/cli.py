@@ -57,10 +57,9 @@ def _model_dir(args, workdir: Path) -> Path:
     a private copy, so no other process replacing a shared cache can pull it away mid-run."""
     if args.model:
         return Path(args.model).expanduser().absolute()
-    from talaria_cli.tiny_model import ensure_tiny_model
+    from talaria_cli.tiny_model import ensure_tiny_model, tiny_model_dir
 
-    name = f"tiny-{args.arch}" if args.size == "tiny" else f"{args.arch}-{args.size}"
-    return ensure_tiny_model(workdir / name, args.arch, 0, args.size)
+    return ensure_tiny_model(tiny_model_dir(args.arch, args.size, root=workdir), args.arch, 0, args.size)
 
 
 def _rank_by_kind(record_dir: Path) -> dict[str, int]:

@@ -20,16 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from talaria_cli.processes import ManagedProcess, free_port
 
 
 @dataclass
@@ -42,48 +37,17 @@ class Setting:
         return "none" if self.scheme == "none" else f"remo-m{self.rank}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class CloudProcess(ManagedProcess):
+    """A recording `talaria cloud` subprocess on a free port; output appended to `log_path`."""
 
-
-class CloudProcess:
-    """A recording `talaria cloud` subprocess; stopped by its own pid only."""
+    ready_timeout = 300.0
+    stop_timeout = 20.0
 
     def __init__(self, model_dir: Path, record_dir: Path, rank: int, log_path: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "talaria_cli.main", "cloud", "--model", str(model_dir),
-               "--record", str(record_dir), "--mask-rank", str(rank), "--port", str(self.port),
-               "--log-level", "warning"]
-        self._log = open(log_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self.log_path = log_path
-
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"cloud exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"cloud not ready after {timeout:.0f}s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+        self.port = free_port()
+        super().__init__("cloud", ["--model", str(model_dir), "--record", str(record_dir), "--mask-rank", str(rank),
+                                   "--port", str(self.port), "--log-level", "warning"],
+                         url=f"http://127.0.0.1:{self.port}", log_path=log_path)
 
 
 async def _drive(rt, prompt_ids: list[list[int]], max_tokens: int, progress) -> list[list[int]]:

@@ -483,6 +483,17 @@ def write_tiny_model(
     return out
 
 
+def tiny_model_dir(arch: str = "qwen2", size: str = "tiny", root: str | Path | None = None) -> Path:
+    """Where the generated model of (arch, size) lives: `<root>/tiny-<arch>` (`tiny-<arch>-<size>`
+    for other sizes). `root` defaults to the shared cache `$TALARIA_HOME/models`, with TALARIA_HOME
+    defaulting to `$XDG_CACHE_HOME/talaria`, i.e. `~/.cache/talaria`."""
+    if root is None:
+        home = os.environ.get("TALARIA_HOME")
+        cache = Path(home) if home else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "talaria"
+        root = cache.expanduser() / "models"
+    return Path(root) / (f"tiny-{arch}" if size == "tiny" else f"tiny-{arch}-{size}")
+
+
 def ensure_tiny_model(out_dir: str | Path, arch: str = "qwen2", seed: int = 0, size: str = "tiny") -> Path:
     """Return `out_dir`, generating the checkpoint first unless a finished one is there.
 

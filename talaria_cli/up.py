@@ -13,7 +13,8 @@ Lifecycle:
 
 The children run in their own sessions so that a terminal Ctrl-C reaches only this process,
 which then stops them in order: the proxy first, because its in-flight requests still need
-the cloud.
+the cloud. Should `up` itself be killed outright, the children get SIGTERM from the kernel
+(Linux; see talaria_cli.processes) rather than running on.
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ import argparse
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import threading
-import time
-from collections import deque
 from pathlib import Path
 
+from talaria_cli.processes import ManagedProcess, NotReady
 from talaria_cli.tiny_model import ARCHS
 
 LOG_TAIL_LINES = 40  # lines of a dead child's output shown in the error
@@ -49,15 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds each side may take to become healthy (default: 600)")
 
 
-def tiny_model_dir(arch: str) -> Path:
-    """Cache directory of the generated tiny model of `arch`."""
-    root = os.environ.get("TALARIA_HOME")
-    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "talaria"
-    return base.expanduser() / "models" / f"tiny-{arch}"
-
-
 def ensure_demo_model(arch: str) -> Path:
-    from talaria_cli.tiny_model import ensure_tiny_model, write_tiny_model
+    from talaria_cli.tiny_model import ensure_tiny_model, tiny_model_dir, write_tiny_model
 
     out = tiny_model_dir(arch)
     if not (out / "config.json").exists():
@@ -66,56 +58,20 @@ def ensure_demo_model(arch: str) -> Path:
     return ensure_tiny_model(out, arch=arch)
 
 
-class Child:
-    """One `talaria <side>` subprocess; its output is echoed with a prefix and the tail kept."""
+class Child(ManagedProcess):
+    """One `talaria <side>` child in its own session; its output is echoed with a prefix."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], url: str):
-        self.name, self.url = name, url
-        self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "talaria_cli.main", name, *argv],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._pump, name=f"{name}-log", daemon=True)
-        self._reader.start()
+        super().__init__(name, argv, url=url, env=env, new_session=True, tail_lines=LOG_TAIL_LINES,
+                         on_line=lambda line: print(f"[{name}] {line}", file=sys.stderr, flush=True))
 
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            self.tail.append(line)
-            print(f"[{self.name}] {line}", file=sys.stderr, flush=True)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def healthy(self) -> bool:
-        import urllib.error
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
-                return resp.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def last_lines(self) -> str:
-        self._reader.join(timeout=2)  # let the pipe drain after an exit
-        return "\n".join(f"    {line}" for line in self.tail) or "    (no output)"
-
-    def stop(self, timeout: float) -> None:
-        """SIGTERM, wait up to `timeout` seconds, then SIGKILL."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> bool:
         if self.alive():
             _say(f"stopping the {self.name}")
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _say(f"{self.name} did not stop within {timeout:.0f}s; killing it")
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(timeout=2)
+        killed = super().stop(sig, timeout)
+        if killed:
+            _say(f"the {self.name} did not stop within {timeout or self.stop_timeout:.0f}s; killed it")
+        return killed
 
 
 def port_free(host: str, port: int) -> bool:
@@ -130,26 +86,8 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-class ChildFailed(RuntimeError):
-    pass
-
-
 def _say(msg: str) -> None:
     print(f"talaria up: {msg}", file=sys.stderr, flush=True)
-
-
-def wait_healthy(child: Child, timeout: float, stop: threading.Event) -> None:
-    deadline = time.monotonic() + timeout
-    while not stop.is_set():
-        if not child.alive():
-            raise ChildFailed(f"the {child.name} exited with code {child.proc.returncode} while starting; "
-                              f"its last output:\n{child.last_lines()}")
-        if child.healthy():
-            return
-        if time.monotonic() > deadline:
-            raise ChildFailed(f"the {child.name} was not healthy at {child.url}/health after {timeout:.0f}s; "
-                              f"its last output:\n{child.last_lines()}")
-        stop.wait(0.2)
 
 
 def served_model_id(proxy_url: str, api_key: str | None, fallback: str) -> str:
@@ -276,11 +214,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         _say(f"starting the cloud backend on {cloud_url} with {model}")
         children.append(Child("cloud", cloud_argv, cloud_env, cloud_url))
-        wait_healthy(children[-1], args.startup_timeout, stop)
+        children[-1].wait_ready(timeout=args.startup_timeout, stop=stop)
         if not stop.is_set():
             _say(f"starting the proxy on {proxy_url} (scheme {proxy.scheme})")
             children.append(Child("proxy", proxy_argv, proxy_env, proxy_url))
-            wait_healthy(children[-1], args.startup_timeout, stop)
+            children[-1].wait_ready(timeout=args.startup_timeout, stop=stop)
         if not stop.is_set():
             key = proxy.api_keys[0] if proxy.api_keys else None
             model_id = served_model_id(proxy_url, key, proxy.served_model_name or Path(model).name)
@@ -288,11 +226,11 @@ def run(args: argparse.Namespace) -> int:
         while not stop.is_set():
             dead = next((c for c in children if not c.alive()), None)
             if dead is not None:
-                raise ChildFailed(f"the {dead.name} exited unexpectedly with code {dead.proc.returncode}; "
-                                  f"its last output:\n{dead.last_lines()}")
+                raise NotReady(f"the {dead.name} exited unexpectedly with code {dead.proc.returncode}; "
+                                  f"its last output:\n{dead.last_output()}")
             stop.wait(0.5)
         _say(f"received {signal.Signals(received[0]).name}, stopping" if received else "stopping")
-    except ChildFailed as exc:
+    except NotReady as exc:
         _say(str(exc))
         code = 1
     finally:

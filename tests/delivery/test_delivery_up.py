@@ -3,6 +3,7 @@ through the official client, and on SIGINT stops both children and exits 0."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -16,13 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from talaria_cli.processes import free_port
+
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="child processes are found through /proc")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children_of(pid: int) -> list[int]:
@@ -150,3 +147,39 @@ def test_up_refuses_a_busy_port(tmp_path):
     stderr = up.log.read_text()
     assert f"port {port}" in stderr and "--port" in stderr and "Traceback" not in stderr, stderr
     assert not (tmp_path / "home").exists()  # refused before generating the model
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_children_die_with_a_killed_up(tmp_path, tiny_model):
+    """`up` killed outright (SIGKILL: no handler, no cleanup) must not leave its cloud running."""
+    port, cloud_port = free_port(), free_port()
+    up = Up(["--model", str(tiny_model("qwen2")), "--port", str(port), "--cloud-port", str(cloud_port)],
+            tmp_path / "home", tmp_path / "up.log")
+    kids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and up.proc.poll() is None:  # the cloud serves: past every start-up step
+            try:
+                if httpx.get(f"http://127.0.0.1:{cloud_port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the cloud never became healthy\n{up.output()}")
+        kids = children_of(up.proc.pid)
+        assert kids, up.output()
+        up.proc.kill()
+        up.proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(gone(pid) for pid in kids):
+            time.sleep(0.1)
+        assert all(gone(pid) for pid in kids), f"children {kids} outlived the killed `talaria up`"
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{cloud_port}/health", timeout=2)
+    finally:
+        for pid in kids:  # reparented by now: only their pids reach them
+            if not gone(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        up.kill()
