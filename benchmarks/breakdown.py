@@ -1,15 +1,20 @@
 """Where a Talaria step spends its time: the proxy's engine run in this process against the real cloud.
 
-`build_runtime` over the production `HttpLinearBackend` (WebSocket or HTTP transport), wrapped by a
-timer, runs prefill and greedy decode steps for 1 and 8 sequences. A step's wall time splits into
+`build_runtime` over the production `HttpLinearBackend` (tcp, WebSocket or HTTP transport), wrapped by
+a timer, runs prefill and greedy decode steps for 1 and 8 sequences. A step's wall time splits into
 
     cloud GEMM   sum over the step's calls of the service's time for that (op, rows), measured
                  beforehand on an identical in-process service (`cloud_backend.cli.build_service`,
                  same precision mode and thread count): GEMM time depends on shapes, not values.
                  Decode shapes only (1 and 8 rows): prefill steps get their total time, no split
     transport    round trip minus cloud GEMM: serialisation on both sides, framing, the cloud's
-                 event loop, loopback TCP and the scheduler wake-ups between the two processes
-    masking      MaskedLinearClient.stats.mask_seconds (x + M_pvt M_pub, y~ - M_pvt R_pub)
+                 event loop, loopback TCP and the scheduler wake-ups between the two processes.
+                 The round trip runs from sending x~ to holding the answer; the CVM's share of a
+                 projected answer is computed in between, so when it outlasts the GEMM the
+                 transport figure is an upper bound
+    masking      CVM masking work on the critical path: x + M_pvt M_pub, and finishing the answer
+                 (y~ - M_pvt R_pub, or z + share); `cvm share` is the work done while the cloud
+                 computes ((x B^T) R_pub of projected answers), not part of the step's sum
     attention    the per-sequence attention loop incl. KV-cache writes (timed by wrapping them)
     sampling     the engine's greedy Sampler on each sequence's logits (runs between steps)
     other CVM    the rest of forward: embedding, norms, RoPE, SiLU, residuals, Python
@@ -24,7 +29,7 @@ import contextlib
 import time
 from dataclasses import dataclass, fields
 
-from talaria_proxy.linear_backend import LinearBackend
+from talaria_proxy.linear_backend import LinearBackend, PendingCall
 from talaria_wire import decode_tensors, encode_tensors
 
 from benchmarks.common import load_average, median, median_of_runs
@@ -68,16 +73,27 @@ class TimingBackend(LinearBackend):
         self.inner.close()
 
     def linear(self, op, x):
+        return self.begin(op, x).result()
+
+    def begin(self, op, x):
         t0 = time.perf_counter()
-        y = self.inner.linear(op, x)
+        pending = self.inner.begin(op, x)
+
+        def finish():
+            y = pending.result()
+            self._charge(op, x.shape[0], time.perf_counter() - t0)
+            return y
+
+        return PendingCall(finish, lambda ok: ok or pending.abandon())
+
+    def _charge(self, op: str, rows: int, round_trip_s: float) -> None:
         c = self.counters
-        c.round_trip_s += time.perf_counter() - t0
+        c.round_trip_s += round_trip_s
         c.calls += 1
-        entry = self.table.get((op, x.shape[0]), UNTIMED)  # prefill shapes are not in the table: NaN
+        entry = self.table.get((op, rows), UNTIMED)  # prefill shapes are not in the table: NaN
         c.gemm_s += entry["gemm_s"]
         c.serialise_s += entry["serialise_s"]
         c.payload_bytes += entry["bytes"]
-        return y
 
 
 def gemm_table(model_path, compute_dtype: str, threads: int, row_counts, reps: int = 3) -> GemmTable:
@@ -87,11 +103,12 @@ def gemm_table(model_path, compute_dtype: str, threads: int, row_counts, reps: i
 
     import torch
 
+    from benchmarks.servers import cloud_mode
     from cloud_backend.cli import build_service
     from cloud_backend.settings import CloudSettings
 
     before = torch.get_num_threads()
-    service = build_service(CloudSettings(model=str(model_path), compute_dtype=compute_dtype, threads=threads))
+    service = build_service(CloudSettings(model=str(model_path), threads=threads, **cloud_mode(compute_dtype)))
     table: GemmTable = {}
     try:
         g = torch.Generator().manual_seed(0)
@@ -146,9 +163,11 @@ def attention_timer(counters: Counters):
         model_mod.attention, KVCache.write = orig_attn, orig_write
 
 
-def split_step(wall_s: float, c: Counters, mask_s: float) -> dict[str, float]:
-    """Milliseconds of each component of one step; `wall_s` covers forward + sampling."""
+def split_step(wall_s: float, c: Counters, mask_s: float, overlap_s: float = 0.0) -> dict[str, float]:
+    """Milliseconds of each component of one step; `wall_s` covers forward + sampling.
+    `mask_s` is all CVM masking work, `overlap_s` the part of it done inside round trips."""
     transport = c.round_trip_s - c.gemm_s
+    mask_s -= overlap_s
     other = wall_s - c.round_trip_s - mask_s - c.attention_s - c.sampling_s
     calls = max(c.calls, 1)
     return {
@@ -157,6 +176,7 @@ def split_step(wall_s: float, c: Counters, mask_s: float) -> dict[str, float]:
         "transport_ms": transport * 1e3,
         "serialise_ms": c.serialise_s * 1e3,
         "masking_ms": mask_s * 1e3,
+        "cvm_share_ms": overlap_s * 1e3,
         "attention_ms": c.attention_s * 1e3,
         "sampling_ms": c.sampling_s * 1e3,
         "other_cvm_ms": other * 1e3,
@@ -190,7 +210,8 @@ def _steps(rt, backend: TimingBackend, prompts, decode_steps: int) -> tuple[dict
         toks = [sm.sample(row).token_id for sm, row in zip(samplers, logits)]
         t2 = time.perf_counter()
         c.sampling_s += t2 - t1
-        return toks, split_step(t2 - t0, c, rt.linear.stats.mask_seconds)
+        stats = rt.linear.stats
+        return toks, split_step(t2 - t0, c, stats.mask_seconds, stats.overlap_seconds)
 
     tokens, prefill = step([SeqChunk(cache, p, 0, True) for cache, p in zip(caches, prompts)])
     decode = []
@@ -201,7 +222,7 @@ def _steps(rt, backend: TimingBackend, prompts, decode_steps: int) -> tuple[dict
 
 
 def profile_engine(cloud, table: GemmTable, prompts: list[list[int]], decode_steps: int, *,
-                   transport: str = "websocket", batches=(1, 8), repeats: int = 1) -> dict:
+                   transport: str = "tcp", batches=(1, 8), repeats: int = 1) -> dict:
     """Raw per-step splits: {'batch=B': {'prefill': [...], 'decode': [...], 'cloud_cpu_s', 'wall_s'}}."""
     from talaria_proxy.linear_backend import HttpLinearBackend
     from talaria_proxy.runtime import build_runtime

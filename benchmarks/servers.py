@@ -28,9 +28,17 @@ def start(command: str, args: list[str], log_dir: Path, threads: int = 1) -> Ser
     return server
 
 
-def start_cloud(model: Path, log_dir: Path, compute_dtype: str, threads: int = 1) -> Server:
-    return start("cloud", ["--model", str(model), "--threads", str(threads), "--compute-dtype", compute_dtype,
-                           "--log-level", "warning"], log_dir, threads)
+def cloud_mode(mode: str) -> dict:
+    """A benchmark's cloud mode 'COMPUTE_DTYPE[/REPLY]' (e.g. 'mixed', 'mixed/full') -> cloud settings."""
+    compute, _, reply = mode.partition("/")
+    return {"compute_dtype": compute, **({"reply": reply} if reply else {})}
+
+
+def start_cloud(model: Path, log_dir: Path, mode: str, threads: int = 1) -> Server:
+    settings = cloud_mode(mode)
+    reply = ["--reply", settings["reply"]] if "reply" in settings else []
+    return start("cloud", ["--model", str(model), "--threads", str(threads), "--compute-dtype",
+                           settings["compute_dtype"], *reply, "--log-level", "warning"], log_dir, threads)
 
 
 def start_proxy(cloud_url: str, log_dir: Path, transport: str, threads: int = 1) -> Server:
@@ -44,5 +52,6 @@ def defaults() -> dict:
     from talaria_proxy.settings import ProxySettings
 
     cloud, proxy = CloudSettings.model_fields, ProxySettings.model_fields
-    return {"compute_dtype": cloud["compute_dtype"].default, "mask_rank": cloud["mask_rank"].default,
+    return {"compute_dtype": cloud["compute_dtype"].default, "reply": cloud["reply"].default,
+            "mask_rank": cloud["mask_rank"].default,
             "transport": proxy["cloud_transport"].default, "mask_scale": proxy["mask_scale"].default}

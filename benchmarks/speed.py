@@ -77,8 +77,11 @@ def _profiles(path: Path, cfg: dict, prompts, log_dir: Path, main: dict, variant
 
     mode, transport = main["compute_dtype"], main["transport"]
     runs = [(mode, transport, 1)]
-    if variants:
-        runs += [(mode, "http" if transport == "websocket" else "websocket", 1), (mode, transport, 2)]
+    if variants:  # each changes one thing: transport, cloud threads, answer kind, precision
+        runs += [(mode, t, 1) for t in ("tcp", "websocket", "http") if t != transport]
+        runs += [(mode, transport, 2)]
+        if main.get("reply") == "projected":
+            runs += [(f"{mode}/full", transport, 1)]
         runs += [(m, transport, 1) for m in ("float64", "mixed", "float32") if m != mode]
     # GEMM tables with one thread only: timing a 2-thread OpenMP team on a shared 2-core machine
     # measures the other jobs' scheduling, not the GEMM (the 2-thread variant keeps its total only)

@@ -10,7 +10,7 @@ from benchmarks import precision, precision_report, speed_report
 
 def _decode(total, transport, gemm=1.0, attention=1.0):
     return {"total_ms": total, "cloud_gemm_ms": gemm, "transport_ms": transport, "serialise_ms": 0.5,
-            "masking_ms": 1.0, "attention_ms": attention, "sampling_ms": 0.1, "other_cvm_ms": 0.4,
+            "masking_ms": 1.0, "cvm_share_ms": 0.3, "attention_ms": attention, "sampling_ms": 0.1, "other_cvm_ms": 0.4,
             "calls_per_step": 9, "transport_ms_per_call": transport / 9, "payload_bytes_per_step": 2048,
             "cloud_cpu_ms_mean": 3.0, "wall_ms_mean": 12.0}
 
@@ -32,14 +32,17 @@ def speed_result():
                "streams=8": {"metrics": {"ms_per_token": 16.0, "ttft_ms": 60.0, "tokens_per_s": 480.0,
                                          "calls_per_token": 1.2, "bytes_per_token": 30720.0,
                                          "mask_share_of_proxy_cpu": float("nan")}}}
-    profile = {"mixed, websocket, cloud 1 thread": {**_profile("mixed", "websocket", 1, 9.0),
-                                                    "gemm_ms_by_rows": {1: 0.5, 4: 0.7, 8: 1.0}},
+    profile = {"mixed, tcp, cloud 1 thread": {**_profile("mixed", "tcp", 1, 9.0),
+                                              "gemm_ms_by_rows": {1: 0.5, 4: 0.7, 8: 1.0}},
+               "mixed, websocket, cloud 1 thread": _profile("mixed", "websocket", 1, 14.0),
                "mixed, http, cloud 1 thread": _profile("mixed", "http", 1, 25.0),
-               "float64, websocket, cloud 1 thread": _profile("float64", "websocket", 1, 10.0)}
+               "mixed/full, tcp, cloud 1 thread": _profile("mixed/full", "tcp", 1, 11.0),
+               "float64, tcp, cloud 1 thread": _profile("float64", "tcp", 1, 10.0)}
     micro = {"attention_b8": {"loop_ms_per_step": 1.0, "batched_ms_per_step": 0.1}, "raw_socket_ms": 0.01,
              "connection": {"kept_alive_ms": 1.0, "new_connection_ms": 3.0}}
     return {"hf": {"points": hf}, "talaria": talaria, "profile": profile, "micro": micro,
-            "setup": {"compute_dtype": "mixed", "transport": "websocket", "mask_scale": 10.0, "mask_rank": 64}}
+            "setup": {"compute_dtype": "mixed", "reply": "projected", "transport": "tcp", "mask_scale": 10.0,
+                      "mask_rank": 64}}
 
 
 def test_summary_uses_the_better_hf_thread_setting_and_checks_targets():
@@ -52,20 +55,20 @@ def test_summary_uses_the_better_hf_thread_setting_and_checks_targets():
 def test_predictions_name_done_work_and_combine_without_double_counting():
     rows = speed_report.predictions(speed_result())
     by = {(r["batch"], r["optimisation"]): r for r in rows}
-    ws = by[1, "(done) WebSocket frames instead of HTTP POSTs"]
-    assert ws["now_ms"] == 25.0 and ws["saving_ms"] == pytest.approx(16.0)
+    http = by[1, "(done) raw frames on one TCP socket instead of HTTP POSTs"]
+    assert http["now_ms"] == 25.0 and http["saving_ms"] == pytest.approx(16.0)
+    assert by[1, "(done) raw frames on one TCP socket instead of WebSocket messages"]["saving_ms"] == pytest.approx(5.0)
+    projected = [r for r in rows if r["batch"] == 1 and r["optimisation"].startswith("(done) projected")][0]
+    assert projected["saving_ms"] == pytest.approx(2.0)
     assert by[1, "(done) mixed precision instead of float64"]["saving_ms"] == pytest.approx(1.0)
-    lean = by[1, speed_report.LEAN]
-    assert lean["predicted_ms"] == pytest.approx(9.0 - 6.0 + 0.5 + 9 * 0.01)
     attn = by[8, speed_report.BATCHED]
     assert attn["saving_ms"] == pytest.approx(0.9)
     assert (1, speed_report.BATCHED) not in by  # nothing to batch with one sequence
-    assert (8, speed_report.F32_REPLY) not in by  # no float32 variant measured
+    assert not any("float32 wire" in r["optimisation"] for r in rows)  # no float32 variant measured
+    ahead = by[8, speed_report.MASK_AHEAD]
+    assert ahead["saving_ms"] == pytest.approx(0.8)
     combined = [r for r in rows if r["batch"] == 8 and r["optimisation"].startswith("combined")][0]
-    assert combined["saving_ms"] == pytest.approx(by[8, speed_report.LEAN]["saving_ms"] + attn["saving_ms"])
-    pipe = by[8, speed_report.PIPELINE]  # max(2 x GEMM(4 rows), CVM work) + serialisation + 2 x calls x RTT
-    assert pipe["predicted_ms"] == pytest.approx(max(2 * 0.7, 1.0 + 2.0 + 0.1 + 0.4) + 0.5 + 2 * 9 * 0.01)
-    assert pipe["now_ms"] == pytest.approx(by[8, speed_report.LEAN]["predicted_ms"])  # compared with lean alone
+    assert combined["saving_ms"] == pytest.approx(ahead["saving_ms"] + attn["saving_ms"])
 
 
 def test_speed_markdown_and_plot(tmp_path):
@@ -75,7 +78,8 @@ def test_speed_markdown_and_plot(tmp_path):
     md = speed_report.markdown(report)
     assert "| Talaria, 8 streams | 1+1 | 16 | - | 60 | 480 | 0.15 | 1.2 | 30 | - |" in md
     assert "target <= 1.5: NOT met" in md and "'mixed'" in md
-    assert "| mixed, websocket, cloud 1 thread | 1 | 9 | 1 | 6 | 1 | 1 | 0.1 | 0.4 | 0.5 | 25% | 0.667 | 2 |" in md
+    assert "| mixed, tcp, cloud 1 thread | 1 | 9 | 1 | 6 | 1 | 1 | 0.1 | 0.4 | 0.3 | - | 25% | 0.667 | 2 |" in md
+    assert "| mixed, websocket, cloud 1 thread | 1 | 14 | 1 | 11 | 1 | 1 | 0.1 | 0.4 | 0.3 | 0.5 | 25% |" in md
     speed_report.plot(report, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -136,17 +140,13 @@ def test_precision_markdown_verdict_and_plot(tmp_path):
 
 def test_float32_predictions_take_components_from_the_float32_cloud():
     result = speed_result()
-    f32 = _profile("float32", "websocket", 1, 7.0)
+    f32 = _profile("float32", "tcp", 1, 7.0)
     for b in ("batch=1", "batch=8"):
         f32[b]["decode"].update(masking_ms=0.4, serialise_ms=0.3, cloud_gemm_ms=0.6)
-    result["profile"]["float32, websocket, cloud 1 thread"] = f32
+    result["profile"]["float32, tcp, cloud 1 thread"] = f32
     by = {(r["batch"], r["optimisation"]): r for r in speed_report.predictions(result)}
-    reply = by[1, speed_report.F32_REPLY]
-    assert reply["saving_ms"] == pytest.approx((1.0 - 0.4) + (0.5 - 0.3))  # masking + serialisation
     wire32 = by[1, "float32 wire + float32 GEMM (lossy with large masks)"]
-    assert wire32["saving_ms"] == pytest.approx((1.0 - 0.6) + 0.6 + 0.2)  # + GEMM; not its noisy measured step
-    combined = by[1, "combined: lean transport + float32 recovery + batched attention"]
-    assert combined["saving_ms"] == pytest.approx(by[1, speed_report.LEAN]["saving_ms"] + 0.8)
+    assert wire32["saving_ms"] == pytest.approx((1.0 - 0.6) + (1.0 - 0.4))  # GEMM + masking; not its noisy step
 
 
 def test_speed_report_renders_from_its_json(tmp_path):
@@ -164,4 +164,4 @@ def test_speed_report_renders_from_its_json(tmp_path):
     write_json(tmp_path / "bench.json", report)
     md = speed_report.markdown(json.loads((tmp_path / "bench.json").read_text()))
     assert md == speed_report.markdown(report)
-    assert speed_report.PIPELINE in md
+    assert speed_report.BATCHED in md and speed_report.MASK_AHEAD in md
