@@ -62,7 +62,7 @@ def send_frame(sock: socket.socket, kind: int, op: int = 0, tensor: torch.Tensor
         if t.dim() != 2 or t.dtype not in DTYPE_CODES:
             raise FrameError(f"frames carry 2-D float32/float64 tensors, got {t.dtype} {list(t.shape)}")
         header = HEADER.pack(MAGIC, kind, DTYPE_CODES[t.dtype], op, t.shape[0], t.shape[1])
-        body = memoryview(t.numpy()).cast("B")
+        body = memoryview(t.numpy()).cast("B") if t.numel() else memoryview(b"")
     else:
         header = HEADER.pack(MAGIC, kind, BYTES, op, len(payload), 1)
         body = memoryview(payload)
