@@ -44,29 +44,37 @@ def _decode(path: Path, tokens: list[int]) -> str:
     return AutoTokenizer.from_pretrained(path).decode(tokens)
 
 
-def _interleaved(hf, tal, repeats: int, hf_threads=(1, 2)) -> tuple[dict, dict]:
-    """Alternate HF and Talaria samples so that both see the same (shared, varying) machine load."""
+def talaria_key(streams: int, cloud_threads: int) -> str:
+    """Key of a Talaria point in the report: the default cloud (1 thread) keeps the short key."""
+    return f"streams={streams}" + (f",cloud_threads={cloud_threads}" if cloud_threads != 1 else "")
+
+
+def _interleaved(hf, tals: dict, repeats: int, hf_threads=(1, 2)) -> tuple[dict, dict]:
+    """Alternate HF and Talaria samples so that all see the same (shared, varying) machine load.
+    `tals`: cloud threads -> TalariaClient of a cloud with that many threads (proxy: 1 thread)."""
     from benchmarks.common import hf_metrics, median_of_runs
 
     hf_samples = {(t, b): [] for t in hf_threads for b in (1, 8)}
-    tal_samples: dict[int, list] = {1: [], 8: []}
+    tal_samples: dict[tuple[int, int], list] = {(c, k): [] for c in tals for k in (1, 8)}
     loads = []
     for r in range(repeats):
         loads.append(load_average())
         for b in (1, 8):
             for t in hf_threads:
                 hf_samples[t, b].append(hf.sample(t, b))
-            tal_samples[b].append(tal.sample(b))
-        _say(f"  round {r + 1}/{repeats}: HF b1 {hf_samples[hf_threads[0], 1][-1][1]:.2f}s, Talaria 1 stream "
-             f"{tal_samples[1][-1]['total_s']:.2f}s, Talaria 8 streams {tal_samples[8][-1]['total_s']:.2f}s "
-             f"(load {loads[-1]:.1f})")
+            for c, tal in tals.items():
+                tal_samples[c, b].append(tal.sample(b))
+        _say(f"  round {r + 1}/{repeats}: HF b1 {hf_samples[hf_threads[0], 1][-1][1]:.2f}s; Talaria 1 / 8 streams: "
+             + ", ".join(f"cloud {c} thr {tal_samples[c, 1][-1]['total_s']:.2f}s / {tal_samples[c, 8][-1]['total_s']:.2f}s"
+                         for c in tals) + f" (load {loads[-1]:.1f})")
     points = {}
     for (t, b), samples in hf_samples.items():
         m = median_of_runs([hf_metrics(first, total, b, hf.new_tokens) for first, total in samples])
         m.update(threads=t, batch=b, repeats=repeats)
         points[f"threads={t},batch={b}"] = m
-    talaria = {f"streams={k}": {"metrics": {**median_of_runs(v), "streams": k, "repeats": repeats}}
-               for k, v in tal_samples.items()}
+    talaria = {talaria_key(k, c): {"metrics": {**median_of_runs(v), "streams": k, "cloud_threads": c,
+                                               "repeats": repeats}}
+               for (c, k), v in tal_samples.items()}
     return {"points": points, "load_avg": loads}, talaria
 
 
@@ -132,17 +140,30 @@ def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool) -> dict:
          f"({main['transport']}, 1 thread)")
     cloud = servers.start_cloud(path, log_dir, main["compute_dtype"]).wait_ready()
     proxy = hf = tal = None
+    extra = []  # the cloud with all (2) cores and its proxy, for the whole-machine comparison
     try:
         proxy = servers.start_proxy(cloud.url, log_dir, main["transport"]).wait_ready()
+        cloud2 = servers.start_cloud(path, log_dir, main["compute_dtype"], threads=2)
+        extra.append(cloud2)  # stopped in `finally` even if it never gets ready
+        cloud2.wait_ready()
+        extra.append(servers.start_proxy(cloud2.url, log_dir, main["transport"]))
+        extra[1].wait_ready()
         hf = HFBaseline(path, prompts, n)
         tal = TalariaClient(proxy, cloud, prompts, n)
-        _say(f"[{size}] warm-up, then {reps} interleaved rounds of HF (1, 2 threads) and Talaria (1, 8 streams)")
+        tal2 = TalariaClient(extra[1], cloud2, prompts, n)
+        _say(f"[{size}] warm-up, then {reps} interleaved rounds of HF (1, 2 threads) and Talaria (cloud 1 and 2 "
+             "threads; 1, 8 streams)")
         hf.warm_up()
         tal.warm_up()
-        res["hf"], res["talaria"] = _interleaved(hf, tal, reps)
+        tal2.warm_up()
+        res["hf"], res["talaria"] = _interleaved(hf, {1: tal, 2: tal2}, reps)
         res["hf"]["tokens_prompt0"] = hf.tokens_prompt0
         tal.sample(1)  # texts of one stream, compared with HF's greedy text
         res["talaria"]["streams=1"]["matches_hf_text"] = tal.texts[0] == _decode(path, hf.tokens_prompt0)
+        tal2.close()
+        for srv in extra[::-1]:
+            srv.stop()
+        extra = []
         tal.close()
         hf.close()
         tal = hf = None
@@ -161,7 +182,7 @@ def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool) -> dict:
         _say(f"[{size}] in-process step profiles")
         res["profile"] = _profiles(path, cfg, prompts, log_dir, main, variants, cloud=cloud)
     finally:
-        for thing in (tal, hf, proxy):
+        for thing in (tal, hf, proxy, *extra[::-1]):
             if thing is not None:
                 getattr(thing, "close", getattr(thing, "stop", None))()
         cloud.stop()

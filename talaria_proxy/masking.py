@@ -48,6 +48,9 @@ class MaskScheme(ABC):
     def _keep_share(self, op: str, basis: torch.Tensor, recovery: torch.Tensor) -> None:
         self._share[op] = (basis.float().T.contiguous(), recovery.float())
 
+    def prefetch(self, op: str, rows: int) -> None:
+        """Prepare the random part of the next call's mask (called while the cloud computes)."""
+
     def completion(self, op: str, x: torch.Tensor) -> torch.Tensor | None:
         """The CVM's share of a projected answer, (x B^T) R_pub [N, o] float32 (None for full answers).
         Needs only x: the caller computes it while the cloud works."""
@@ -89,9 +92,12 @@ class RemoMask(MaskScheme):
 
     M_pub [m, d] is public (seeded, orthonormal rows) and R_pub = M_pub W [m, o] comes from the
     cloud; M_pvt [N, m] is fresh for every call and never leaves the CVM. Each row's mask is
-    scaled to `mask_scale` times that row's norm. Cost per row: m*d + m*o multiply-adds
-    instead of d*o. The arithmetic runs in the wire dtype (float64): the mask cancels exactly
-    only when the rounding error of (x + mask) W stays far below the signal x W.
+    scaled to `mask_scale` times that row's norm: M_pvt = s * G with G ~ N(0, 1), so the
+    direction G M_pub can be drawn ahead (`prefetch`, while the cloud computes the previous call)
+    and only the scaling x + s * (G M_pub) stays on the critical path; each draw is used once.
+    Cost per row: m*d + m*o multiply-adds instead of d*o. The arithmetic runs in the wire dtype
+    (float64): the mask cancels exactly only when the rounding error of (x + mask) W stays far
+    below the signal x W.
     """
 
     name = "remo"
@@ -106,6 +112,7 @@ class RemoMask(MaskScheme):
         self.recovery: dict[str, torch.Tensor] = {}  # R_pub: [m, o]
         # M_pvt must be unpredictable to the cloud: seed from the OS entropy pool unless a test pins it.
         self._gen = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+        self._ahead: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # op -> (G [N, m], G M_pub [N, d])
 
     def prepare(self, op, backend):
         basis, recovery = backend.public_tensors(op)
@@ -115,13 +122,23 @@ class RemoMask(MaskScheme):
         else:
             self.recovery[op] = recovery.to(self.wire_dtype)
 
-    def mask(self, op, x):
+    def _draw(self, op: str, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         basis = self.basis[op]  # [m, d]
+        g = torch.randn(rows, basis.shape[0], generator=self._gen, dtype=self.wire_dtype)  # G: [N, m]
+        return g, g @ basis
+
+    def prefetch(self, op, rows):
+        if op in self.basis and op not in self._ahead:
+            self._ahead[op] = self._draw(op, rows)
+
+    def mask(self, op, x):
         x = x.to(self.wire_dtype)
-        m = basis.shape[0]
-        row_scale = x.norm(dim=1, keepdim=True).clamp_min(1e-6) * (self.mask_scale / math.sqrt(m))  # [N, 1]
-        coeff = torch.randn(x.shape[0], m, generator=self._gen, dtype=self.wire_dtype) * row_scale  # M_pvt: [N, m]
-        return torch.addmm(x, coeff, basis), coeff  # x~ = x + M_pvt M_pub
+        rows, m = x.shape[0], self.basis[op].shape[0]
+        ahead = self._ahead.pop(op, None)  # popped: a draw never masks two calls
+        g, direction = ahead if ahead is not None and ahead[0].shape[0] == rows else self._draw(op, rows)
+        row_scale = x.norm(dim=1, keepdim=True).clamp_min(1e-6) * (self.mask_scale / math.sqrt(m))  # s: [N, 1]
+        x_masked = torch.addcmul(x, row_scale, direction)  # x~ = x + s G M_pub = x + M_pvt M_pub
+        return x_masked, g * row_scale  # M_pvt [N, m]: the secret that full answers are unmasked with
 
     def unmask(self, op, y_masked, coeff):
         # (x + M_pvt M_pub) W + b - M_pvt (M_pub W) = x W + b

@@ -64,3 +64,54 @@ def test_none_scheme_sends_plaintext_and_registry_rejects_unknown():
     assert torch.equal(sent, x.double())
     with pytest.raises(ValueError, match="unknown masking scheme"):
         build_scheme("lwe", manifest())
+
+
+def projected_manifest():
+    return manifest().model_copy(update={"reply": "projected", "reply_dtype": "float32"})
+
+
+def test_projected_answers_are_finished_with_the_cvm_share():
+    """The cloud answers z = (x~ - (x~ B^T) B) W; z + (x B^T) R_pub = x W whatever the mask."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 48, generator=g, dtype=torch.float64)
+    pub = PublicTensors(w, 16)
+    x = torch.randn(5, 64, generator=g)
+    for name in ("remo", "none"):
+        scheme = build_scheme(name, projected_manifest())
+        scheme.prepare("0.o", pub)
+        x_masked, secret = scheme.mask("0.o", x)
+        z = ((x_masked - (x_masked @ pub.basis.T) @ pub.basis) @ w).float()  # what the cloud sends back
+        y = scheme.finish("0.o", z, secret, scheme.completion("0.o", x))
+        ref = (x.double() @ w).float()
+        assert (y - ref).abs().max() / ref.abs().max() < 1e-5
+        # without the share the answer is wrong: the test can fail
+        assert (z - ref).abs().max() / ref.abs().max() > 1e-2
+
+
+def test_prefetched_masks_are_used_once_and_only_for_their_shape():
+    w = torch.randn(64, 8, dtype=torch.float64)
+    pub = PublicTensors(w, 16)
+    scheme = RemoMask(projected_manifest(), seed=5)
+    scheme.prepare("0.o", pub)
+    x = torch.randn(3, 64)
+    scheme.prefetch("0.o", 3)
+    g_ahead, direction = scheme._ahead["0.o"]
+    a, secret_a = scheme.mask("0.o", x)  # uses the prefetched draw ...
+    torch.testing.assert_close(secret_a @ pub.basis, a - x.double())
+    torch.testing.assert_close(secret_a / secret_a[:, :1], g_ahead / g_ahead[:, :1])  # same direction
+    assert "0.o" not in scheme._ahead  # ... and drops it
+    b, secret_b = scheme.mask("0.o", x)  # a fresh draw
+    assert not torch.allclose(secret_a, secret_b)
+    scheme.prefetch("0.o", 2)  # drawn for 2 rows: never stretched over 3
+    c, secret_c = scheme.mask("0.o", x)
+    assert secret_c.shape == (3, 16) and "0.o" not in scheme._ahead
+    torch.testing.assert_close(secret_c @ pub.basis, c - x.double())
+
+
+def test_a_scheme_whose_masks_leave_the_basis_refuses_projected_answers():
+    class Outside(NoMask):
+        name = "outside"
+        mask_in_basis_span = False
+
+    with pytest.raises(ValueError, match="reply: full"):
+        Outside(projected_manifest())
