@@ -12,7 +12,8 @@ On real checkpoint weights, for every cloud precision mode x mask scale:
    model, all prompts batched per step; a prompt stays identical when every step's argmax equals
    the reference token (then free-running greedy decoding reproduces it exactly).
 
-Modes: float64, mixed, float32 (the cloud's `--compute-dtype`), bfloat16 (float32 wire and CVM
+Modes: float64, mixed (default: projected answers finished by the CVM in float32), mixed/full (full
+answers x~ W + b), float32 (the cloud's `--compute-dtype`; full answers), bfloat16 (float32 wire and CVM
 arithmetic, bfloat16 weights and GEMM, R_pub from the bf16 weights) and, only with a CUDA device,
 tf32 (float32 GEMM on the GPU with torch.backends.cuda.matmul.allow_tf32=True).
 """
@@ -91,12 +92,15 @@ def build_mode(path: Path, mode: str):
     from cloud_backend.cli import build_service
     from cloud_backend.settings import CloudSettings
 
-    if mode in ("float64", "mixed", "float32"):
-        return build_service(CloudSettings(model=str(path), compute_dtype=mode))
+    if mode == "mixed":  # the default: projected answers
+        return build_service(CloudSettings(model=str(path), compute_dtype="mixed", reply="projected"))
+    if mode in ("float64", "mixed/full", "float32"):  # full answers x~ W + b: the mask goes through the GEMM
+        return build_service(CloudSettings(model=str(path), compute_dtype=mode.split("/")[0], reply="full"))
     if mode == "bfloat16":
-        return Bf16Service(build_service(CloudSettings(model=str(path), compute_dtype="float32")))
+        return Bf16Service(build_service(CloudSettings(model=str(path), compute_dtype="float32", reply="full")))
     if mode == "tf32":
-        return Tf32Service(build_service(CloudSettings(model=str(path), compute_dtype="float32", device="cuda")))
+        return Tf32Service(build_service(CloudSettings(model=str(path), compute_dtype="float32", device="cuda",
+                                                       reply="full")))
     raise ValueError(mode)
 
 
@@ -142,7 +146,9 @@ def op_errors(service, xs: dict, refs: dict, scale: float | None) -> dict:
         scheme.prepare(op, backend)
         x_masked, coeff = scheme.mask(op, x)
         y_masked = service.linear(op, x_masked)
-        if scale is None:
+        if scheme.projected:  # exactly what the proxy does: z + (x B^T) R_pub in float32
+            y = scheme.finish(op, y_masked, coeff, scheme.completion(op, x))
+        elif scale is None:
             y = y_masked
         else:  # RemoMask.unmask without its final cast to float32: y = y~ - M_pvt R_pub, in the wire dtype
             y = torch.addmm(y_masked, coeff, scheme.recovery[op], alpha=-1)
@@ -235,7 +241,7 @@ def run(args) -> int:
     torch.set_num_threads(1)  # small ops: OpenMP spin-waits against other processes cost ~10x on 2 cores
     models = args.models.split(",") if args.models else (["tiny"] if args.quick else ["tiny", "0.5b"])
     scales = [float(s) for s in args.scales.split(",")] if args.scales else list(SCALES)
-    modes = ["float64", "mixed", "float32", "bfloat16"] + (["tf32"] if torch.cuda.is_available() else [])
+    modes = ["float64", "mixed", "mixed/full", "float32", "bfloat16"] + (["tf32"] if torch.cuda.is_available() else [])
     cfg = {"models": models, "scales": scales, "modes": modes, "num_prompts": args.num_prompts or 8,
            "tokens": args.tokens or 32, "prompt_len": 16, "mask_seed": 0, "threads": torch.get_num_threads()}
     out = Path(args.out or ("results/precision/quick" if args.quick else "results/precision"))

@@ -20,8 +20,11 @@ Notes.
   (measured only where a CUDA device exists; this study sets allow_tf32 = False for all other modes).
 - bfloat16 (8-bit mantissa) is what many GPU clouds serve; its error exists without any mask and
   grows with the mask, because x + mask is rounded to 8 bits before the GEMM.
-- mixed: float64 wire; the cloud projects x~ onto the public basis in float64 and multiplies only
-  the mask-free complement in float32, so its error is that of float32 inference at every scale.
+- mixed (default): float64 wire; the cloud removes x~'s part in the public basis in float64 and
+  multiplies only the mask-free complement in float32, answering z = x_perp W + b in float32; the
+  CVM adds (x B^T) R_pub in float32. Its error is that of float32 inference at every scale.
+- mixed/full: the same split, but the cloud adds c R_pub in float64 and answers x~ W + b in float64
+  (the CVM subtracts M_pvt R_pub): the same error, twice the answer bytes.
 """
 
 

@@ -104,7 +104,11 @@ def test_healthcheck_and_port(image):
     kind, instructions, _, port = image
     checks = [args for op, args in instructions if op == "HEALTHCHECK"]
     assert len(checks) == 1 and "/health" in checks[0] and port in checks[0], f"{kind}: {checks}"
-    assert ("EXPOSE", port) in instructions
+    exposed = [p for op, args in instructions if op == "EXPOSE" for p in args.split()]
+    assert port in exposed
+    if kind == "cloud":  # the frame socket needs a fixed, published port in a container
+        env = " ".join(args for op, args in instructions if op == "ENV")
+        assert "TALARIA_CLOUD_FRAME_PORT=8101" in env and "8101" in exposed
 
 
 def test_installs_pinned_versions_and_cpu_torch_for_the_client(image):
