@@ -128,7 +128,7 @@ class HttpLinearBackend(LinearBackend):
         # a mocked httpx transport (tests) has no sockets behind it: POSTs only
         self.transport = "http" if http_transport is not None else transport
         self._ws: ClientConnection | None = None
-        self._ws_lock = threading.Lock()  # one call in flight per socket
+        self._call_lock = threading.Lock()  # one call in flight per connection (frames or WebSocket)
         self._client = httpx.Client(
             base_url=self.base_url,
             headers=headers,
@@ -202,7 +202,7 @@ class HttpLinearBackend(LinearBackend):
     def begin(self, op, x):
         if self.transport == "http":
             return super().begin(op, x)
-        self._ws_lock.acquire()  # released by the PendingCall: one call in flight per socket
+        self._call_lock.acquire()  # released by the PendingCall: one call in flight per socket
         try:
             if self.transport == "tcp":
                 if not self._op_index:
@@ -216,7 +216,7 @@ class HttpLinearBackend(LinearBackend):
                 self._ws_send(op, x)
                 finish = lambda: self._ws_receive(op)  # noqa: E731
         except BaseException:
-            self._ws_lock.release()
+            self._call_lock.release()
             raise
         return PendingCall(finish, self._end_call)
 
@@ -226,7 +226,7 @@ class HttpLinearBackend(LinearBackend):
                 self._frames.drop()
                 self._drop_socket()
         finally:
-            self._ws_lock.release()
+            self._call_lock.release()
 
     def _frame_address(self) -> tuple[str, int]:
         """(host, port) of the cloud's frame socket, asked of /health at every (re)connect."""
@@ -298,7 +298,7 @@ class HttpLinearBackend(LinearBackend):
         return resp.status_code == 200 and (self._fingerprint is None or fp == self._fingerprint)
 
     def close(self) -> None:
-        with self._ws_lock:
+        with self._call_lock:
             self._drop_socket()
             self._frames.drop()
         self._client.close()
