@@ -13,6 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8100)")
     p.add_argument("--api-key", help="require this bearer token from the proxy")
+    p.add_argument("--ssl-certfile", help="PEM certificate chain: serve REST and the frame socket over TLS")
+    p.add_argument("--ssl-keyfile", help="PEM private key of --ssl-certfile")
     p.add_argument("--device", help="torch device for weights and GEMMs (default cpu)")
     p.add_argument("--compute-dtype", choices=["mixed", "float64", "float32"],
                    help="GEMM precision: mixed (default: float64 wire, float32 GEMM on the mask-free part), "
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from cloud_backend.settings import CloudSettings
     from talaria_cli.config import ConfigError, exit_on_config_error, load_settings
 
-    flags = {k: getattr(args, k) for k in ("model", "host", "port", "frame_port", "api_key", "device", "compute_dtype", "reply",
+    flags = {k: getattr(args, k) for k in ("model", "host", "port", "frame_port", "api_key", "ssl_certfile", "ssl_keyfile", "device", "compute_dtype", "reply",
                                             "mask_rank", "basis_seed", "record_dir", "threads", "log_level")}
     try:
         settings = load_settings(CloudSettings, args.config, **flags)
@@ -76,18 +78,29 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if settings.record_dir:
         logging.getLogger(__name__).warning("recording every received call into %s", settings.record_dir)
+    tls = None
+    if settings.ssl_certfile:
+        import ssl
+
+        try:
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            tls.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"talaria cloud: cannot load the TLS certificate or key: {exc}", file=sys.stderr)
+            return 2
     frames = None
     if settings.frame_port is not None:
         from cloud_backend.frame_server import FrameServer
 
         try:
-            frames = FrameServer(service, settings.host, settings.frame_port, settings.api_key).start()
+            frames = FrameServer(service, settings.host, settings.frame_port, settings.api_key, tls).start()
         except OSError as exc:
             print(f"talaria cloud: cannot open the frame socket on port {settings.frame_port}: {exc}", file=sys.stderr)
             return 2
     app = build_app(service, api_key=settings.api_key, frame_port=frames.port if frames else None)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+                    ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
     finally:
         if frames is not None:
             frames.stop()

@@ -12,6 +12,7 @@ import json
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 
 from cloud_backend.service import LinearCallError, MaskedLinearService
@@ -26,7 +27,19 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock: socket.socket = self.request
         configure(sock)
+        self._tls_sock: ssl.SSLSocket | None = None
         try:
+            self._session(sock)
+        finally:
+            if self._tls_sock is not None:  # the raw socket was detached into it
+                self._tls_sock.close()
+
+    def _session(self, sock: socket.socket) -> None:
+        try:
+            if self.server.tls is not None:  # handshake here, in the connection's thread, not in accept()
+                sock.settimeout(10.0)
+                sock = self._tls_sock = self.server.tls.wrap_socket(sock, server_side=True)
+                sock.settimeout(None)
             if not self._hello(sock):
                 return
             self._serve(sock)
@@ -35,7 +48,7 @@ class _Handler(socketserver.BaseRequestHandler):
         except FrameError as exc:
             log.warning("frame socket %s: %s; closing", self.client_address, exc)
             self._try_error(sock, 400, str(exc))
-        except OSError as exc:
+        except OSError as exc:  # ssl.SSLError included: a client that does not speak TLS
             log.info("frame socket %s: %s", self.client_address, exc)
 
     def _hello(self, sock: socket.socket) -> bool:
@@ -87,9 +100,11 @@ class FrameServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, service: MaskedLinearService, host: str, port: int, api_key: str | None = None):
+    def __init__(self, service: MaskedLinearService, host: str, port: int, api_key: str | None = None,
+                 tls: ssl.SSLContext | None = None):
         self.service = service
         self.api_key = api_key
+        self.tls = tls  # server-side context: frames travel inside TLS
         self.op_names = [op.name for op in service.manifest.ops]
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.address_family = family

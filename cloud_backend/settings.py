@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +18,9 @@ class CloudSettings(BaseSettings):
     # (advertised in /health), null: off
     frame_port: int | None = Field(0, ge=0, le=65535)
     api_key: str | None = None  # bearer token the proxy must present (None: open)
+    # TLS for the REST API and the frame socket: PEM certificate chain and private key (both or neither)
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
     device: str = "cpu"  # torch device for the weights and GEMMs, e.g. cuda:0
     # mixed: float64 wire, float32 GEMM on the mask-free complement of the public basis + float64 on
     # the basis (lossless like float32 inference); float64: everything float64; float32: lossy with masks
@@ -31,3 +34,9 @@ class CloudSettings(BaseSettings):
     record_dir: str | None = None  # write every received call here (privacy audit input)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads (None: torch default)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "CloudSettings":
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile must be set together")
+        return self

@@ -12,7 +12,7 @@ import logging
 import sys
 
 # Flags whose value goes straight into ProxySettings (dest == settings field).
-_SETTING_FLAGS = ("cloud_url", "cloud_api_key", "cloud_timeout", "cloud_transport", "cloud_wait", "threads", "host", "port", "served_model_name",
+_SETTING_FLAGS = ("cloud_url", "cloud_api_key", "cloud_ca_file", "cloud_timeout", "cloud_transport", "cloud_wait", "threads", "host", "port", "served_model_name",
                   "scheme", "mask_scale", "api_keys", "cors_origins", "max_batch_tokens", "max_running",
                   "max_waiting", "max_model_len", "max_n", "request_timeout", "shutdown_drain", "log_level")
 
@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (see configs/proxy.yaml)")
     p.add_argument("--cloud", dest="cloud_url", metavar="URL", help="cloud backend base URL (default http://127.0.0.1:8100)")
     p.add_argument("--cloud-api-key", help="bearer token presented to the cloud backend")
+    p.add_argument("--cloud-ca-file", help="PEM CA bundle trusted for an https cloud (default: the system's CAs)")
     p.add_argument("--cloud-timeout", type=float, help="seconds per cloud call before a request fails (default 30)")
     p.add_argument("--cloud-transport", choices=["tcp", "websocket", "http"],
                    help="how linear calls travel: raw frames on the cloud's frame socket (tcp, default), "
@@ -75,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(settings.threads)
-    backend = HttpLinearBackend(settings.cloud_url, settings.cloud_api_key, timeout=settings.cloud_timeout,
-                                transport=settings.cloud_transport)
+    try:
+        backend = HttpLinearBackend(settings.cloud_url, settings.cloud_api_key, timeout=settings.cloud_timeout,
+                                    transport=settings.cloud_transport, ca_file=settings.cloud_ca_file)
+    except OSError as exc:  # unreadable or invalid cloud_ca_file (ssl.SSLError is an OSError)
+        print(f"talaria proxy: cannot use cloud_ca_file {settings.cloud_ca_file!r}: {exc}", file=sys.stderr)
+        return 2
     try:
         log.info("waiting for the cloud backend at %s (up to %.0fs)", settings.cloud_url, settings.cloud_wait)
         wait_for_cloud(backend, settings.cloud_wait)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 from collections.abc import Callable
 
 import torch
@@ -20,8 +21,10 @@ from talaria_wire.frames import CALL, ERROR, HELLO, REPLY, FrameError, PeerClose
 
 class FrameLink:
     def __init__(self, locate: Callable[[], tuple[str, int]], api_key: str | None,
-                 check_fingerprint: Callable[[str | None], None], *, connect_timeout: float, timeout: float):
+                 check_fingerprint: Callable[[str | None], None], *, connect_timeout: float, timeout: float,
+                 tls: ssl.SSLContext | None = None):
         self._locate = locate  # -> (host, port) of the frame socket
+        self._tls = tls  # client context (the cloud's base URL is https): frames travel inside TLS
         self._api_key = api_key
         self._check_fingerprint = check_fingerprint
         self._connect_timeout = connect_timeout
@@ -36,6 +39,17 @@ class FrameLink:
             sock = socket.create_connection((host, port), timeout=self._connect_timeout)
         except OSError as exc:
             raise CloudUnavailable(f"{self._where} is unreachable: {exc}") from exc
+        if self._tls is not None:
+            try:
+                sock = self._tls.wrap_socket(sock, server_hostname=host)
+            except ssl.SSLCertVerificationError as exc:
+                sock.close()
+                raise CloudRejected(f"{self._where}: the cloud's TLS certificate is not trusted: {exc.verify_message}; "
+                                    "set cloud_ca_file to the CA that signed it") from exc
+            except OSError as exc:  # ssl.SSLError included
+                sock.close()
+                raise CloudUnavailable(f"{self._where}: TLS handshake failed ({exc}); does the cloud serve TLS "
+                                       "(ssl_certfile) on its frame port?") from exc
         try:
             configure(sock)
             send_json(sock, HELLO, {"api_key": self._api_key or ""})

@@ -11,6 +11,7 @@ one WebSocket (`websocket`), or as POSTs with safetensors bodies (`http`);
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -117,11 +118,13 @@ class HttpLinearBackend(LinearBackend):
 
     def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 30.0,
                  connect_timeout: float = 3.0, http_transport: httpx.BaseTransport | None = None,
-                 transport: str = "tcp"):
+                 transport: str = "tcp", ca_file: str | None = None):
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown cloud transport {transport!r}; expected one of {', '.join(TRANSPORTS)}")
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
+        # https: REST, WebSocket and frames all verify the cloud's certificate (system CAs or ca_file)
+        self._tls = ssl.create_default_context(cafile=ca_file) if self.base_url.startswith("https://") else None
         self._headers = headers
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -134,11 +137,12 @@ class HttpLinearBackend(LinearBackend):
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             transport=http_transport,
+            verify=self._tls or True,
         )
         self._fingerprint: str | None = None
         self._op_index: dict[str, int] = {}
         self._frames = FrameLink(self._frame_address, api_key, self._check_fingerprint,
-                                 connect_timeout=connect_timeout, timeout=timeout)
+                                 connect_timeout=connect_timeout, timeout=timeout, tls=self._tls)
 
     # -- plumbing --------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
@@ -242,7 +246,7 @@ class HttpLinearBackend(LinearBackend):
             url = "ws" + self.base_url[len("http"):] + "/v1/linear-ws"
             try:
                 ws = connect(url, additional_headers=self._headers, open_timeout=self._connect_timeout,
-                             max_size=None, compression=None, legacy=True,
+                             max_size=None, compression=None, legacy=True, ssl=self._tls,
                              close_timeout=0.5)  # a hung cloud must not hold up the error
             except InvalidStatus as exc:
                 status = exc.response.status_code

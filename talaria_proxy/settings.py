@@ -13,6 +13,7 @@ class ProxySettings(BaseSettings):
 
     cloud_url: str = "http://127.0.0.1:8100"  # base URL of the cloud backend
     cloud_api_key: str | None = None  # bearer token presented to the cloud
+    cloud_ca_file: str | None = None  # PEM CA bundle trusted for an https cloud_url (None: the system's CAs)
     cloud_timeout: float = Field(30.0, gt=0)  # seconds per cloud call before the request fails (502/503)
     # how linear calls travel (setup is always REST): tcp = raw frames on the cloud's frame socket,
     # websocket = binary messages on one WebSocket, http = one POST per call
