@@ -1,20 +1,12 @@
 """Micro-measurements that price optimisations the step profile cannot try directly.
 
     attention_batching     the per-sequence decode attention loop vs one batched SDPA call
-    raw_socket_round_trip  a length-prefixed request/reply on one loopback TCP connection between
-                           two Python processes: the floor of a lean binary transport
-    connection_reuse       an HTTP linear call on a kept-alive connection vs a new one per call
+(Transports are compared as measured variants of the step profile, not as micro-measurements.)
 """
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import time
-
-from talaria_wire import encode_tensors
-from talaria_wire.tensors import MEDIA_TYPE
 
 from benchmarks.common import median
 
@@ -51,61 +43,3 @@ def attention_batching(arch: dict, batch: int, seq_len: int, reps: int = 20) -> 
         return F.scaled_dot_product_attention(q.transpose(1, 2), kh, vh, scale=D**-0.5)
 
     return {"loop_ms_per_step": _timeit(loop, reps) * L * 1e3, "batched_ms_per_step": _timeit(batched, reps) * L * 1e3}
-
-
-_ECHO_SERVER = r"""
-import socket, struct, sys
-srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
-print(srv.getsockname()[1], flush=True)
-conn, _ = srv.accept(); conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-def read(n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk: sys.exit(0)
-        buf += chunk
-    return bytes(buf)
-while True:
-    n, reply = struct.unpack("<QQ", read(16)); read(n); conn.sendall(b"\0" * reply)
-"""
-
-
-def raw_socket_round_trip(request_bytes: int, reply_bytes: int, reps: int = 300) -> float:
-    """Mean seconds per round trip of a length-prefixed request/reply over one loopback TCP connection
-    to another Python process: the floor of a lean binary protocol (no HTTP, no parsing, no GEMM)."""
-    import struct
-
-    proc = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(proc.stdout.readline())
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            payload = struct.pack("<QQ", request_bytes, reply_bytes) + b"\0" * request_bytes
-
-            def once():
-                s.sendall(payload)
-                got = 0
-                while got < reply_bytes:
-                    got += len(s.recv(reply_bytes - got))
-
-            return _timeit(once, reps, stat=lambda ts: sum(ts) / len(ts))  # mean: keeps the hiccups
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def connection_reuse(cloud_url: str, op: str, d_in: int, dtype, reps: int = 100) -> dict[str, float]:
-    """Median ms per one-row call to `op` on a kept-alive connection (what the proxy does) and with
-    `connection: close` (a new TCP connection per call), same httpx client otherwise."""
-    import httpx
-    import torch
-
-    body = encode_tensors({"x": torch.zeros(1, d_in, dtype=dtype)})
-    with httpx.Client(base_url=cloud_url) as client:
-        def call(close: bool):
-            headers = {"content-type": MEDIA_TYPE, **({"connection": "close"} if close else {})}
-            client.post(f"/v1/linear/{op}", content=body, headers=headers).raise_for_status()
-
-        kept = _timeit(lambda: call(False), reps)
-        fresh = _timeit(lambda: call(True), reps)
-    return {"kept_alive_ms": kept * 1e3, "new_connection_ms": fresh * 1e3}

@@ -5,7 +5,7 @@ Per model, in one run on one machine:
      OpenAI endpoint with 1 stream and 8 concurrent streams (`benchmarks.streams`), in rounds that
      alternate with HF `generate` in this process (batch 1 and 8; 1 and 2 torch threads; the better
      thread count is the baseline);
-  2. micro-measurements (batched attention, a raw-socket transport floor, a new connection per call);
+  2. a micro-measurement (batched decode attention);
   3. the in-process step profile (`benchmarks.breakdown`) of the default setup, then of variants that
      each change one thing (other transport, 2 cloud threads, other precision modes), which price
      optimisations directly.
@@ -170,13 +170,9 @@ def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool) -> dict:
         proxy.stop()
         proxy = None
         arch = _arch(path)
-        d = arch["hidden_size"]
         _say(f"[{size}] micro-measurements")
         res["micro"] = {
             "attention_b8": micro.attention_batching(arch, 8, cfg["prompt_len"] + cfg["profile_steps"] // 2),
-            "connection": micro.connection_reuse(cloud.url, "0.o", d, torch.float64),
-            # one hidden-size float64 row each way, plus ~100 bytes of safetensors header
-            "raw_socket_ms": micro.raw_socket_round_trip(8 * d + 100, 8 * d + 100) * 1e3,
         }
         _say(f"  {res['micro']}")
         _say(f"[{size}] in-process step profiles")

@@ -97,7 +97,7 @@ class MaskedLinearService:
             recovery = basis.to(w.device, dtype) @ w.to(dtype)  # R_pub: [m, d_out]
             self.recovery[key.name] = recovery.cpu()
             if self.mixed or self.projected:  # kept on the device for the split GEMM
-                self._basis_dev[key.name] = basis.to(w.device)
+                self._basis_dev[key.name] = basis.to(w.device, dtype)
                 self._recovery_dev[key.name] = recovery
             if n % 16 == 0 or n == len(keys):
                 log.info("recovery tensors %d/%d (%.1fs)", n, len(keys), time.monotonic() - t0)
@@ -142,12 +142,12 @@ class MaskedLinearService:
         w = op.weight
         x = x.to(w.device)
         if self.mixed or self.projected:
-            basis = self._basis_dev[name].to(x.dtype)  # [m, d_in] orthonormal rows
+            basis = self._basis_dev[name]  # [m, d_in] orthonormal rows, in the wire dtype like x
             coords = x @ basis.T  # c: [N, m]
             x_perp = torch.addmm(x, coords, basis, alpha=-1)  # x~ - c B: [N, d_in], mask-free
             y = x_perp.to(w.dtype) @ w  # [N, d_out]
             if not self.projected:  # full reply: add the basis part c R_pub in the wire dtype
-                y = torch.addmm(y.to(x.dtype), coords, self._recovery_dev[name].to(x.dtype))
+                y = torch.addmm(y.to(x.dtype), coords, self._recovery_dev[name])  # R_pub is in the wire dtype
         else:
             y = x @ w  # [N, d_out]
         if op.bias is not None:

@@ -46,8 +46,7 @@ def speed_result():
                "mixed, http, cloud 1 thread": _profile("mixed", "http", 1, 25.0),
                "mixed/full, tcp, cloud 1 thread": _profile("mixed/full", "tcp", 1, 11.0),
                "float64, tcp, cloud 1 thread": _profile("float64", "tcp", 1, 10.0)}
-    micro = {"attention_b8": {"loop_ms_per_step": 1.0, "batched_ms_per_step": 0.1}, "raw_socket_ms": 0.01,
-             "connection": {"kept_alive_ms": 1.0, "new_connection_ms": 3.0}}
+    micro = {"attention_b8": {"loop_ms_per_step": 1.0, "batched_ms_per_step": 0.1}}
     return {"hf": {"points": hf}, "talaria": talaria, "profile": profile, "micro": micro,
             "setup": {"compute_dtype": "mixed", "reply": "projected", "transport": "tcp", "mask_scale": 10.0,
                       "mask_rank": 64}}
