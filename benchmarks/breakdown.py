@@ -145,7 +145,7 @@ def attention_timer(counters: Counters):
     import talaria_proxy.model as model_mod
     from talaria_proxy.kv_cache import KVCache
 
-    orig_attn, orig_write = model_mod.attention, KVCache.write
+    orig_attn, orig_batched, orig_write = model_mod.attention, model_mod.decode_attention, KVCache.write
 
     def timed(fn):
         def wrapper(*args, **kwargs):
@@ -156,11 +156,11 @@ def attention_timer(counters: Counters):
                 counters.attention_s += time.perf_counter() - t0
         return wrapper
 
-    model_mod.attention, KVCache.write = timed(orig_attn), timed(orig_write)
+    model_mod.attention, model_mod.decode_attention, KVCache.write = timed(orig_attn), timed(orig_batched), timed(orig_write)
     try:
         yield
     finally:
-        model_mod.attention, KVCache.write = orig_attn, orig_write
+        model_mod.attention, model_mod.decode_attention, KVCache.write = orig_attn, orig_batched, orig_write
 
 
 def split_step(wall_s: float, c: Counters, mask_s: float, overlap_s: float = 0.0) -> dict[str, float]:

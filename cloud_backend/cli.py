@@ -71,11 +71,19 @@ def run(args: argparse.Namespace) -> int:
 
     from cloud_backend.checkpoint import CheckpointError
 
+    from cloud_backend.compute import ComputeThread
+
+    # every tensor op of this process runs on one thread, which owns its only OpenMP team (compute.py)
+    compute = ComputeThread(settings.threads).start()
     try:
-        service = build_service(settings)
+        service = compute.call(build_service, settings)
     except (CheckpointError, OSError, ValueError) as exc:  # missing path, unknown hub id, unsupported model
+        compute.stop()
         print(f"talaria cloud: cannot serve {settings.model!r}: {' '.join(str(exc).split())[:500]}", file=sys.stderr)
         return 2
+    import torch
+
+    torch.set_num_threads(1)  # any stray op elsewhere must not start a second OpenMP team
     if settings.record_dir:
         logging.getLogger(__name__).warning("recording every received call into %s", settings.record_dir)
     tls = None
@@ -87,21 +95,24 @@ def run(args: argparse.Namespace) -> int:
             tls.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
         except (OSError, ssl.SSLError) as exc:
             print(f"talaria cloud: cannot load the TLS certificate or key: {exc}", file=sys.stderr)
+            compute.stop()
             return 2
     frames = None
     if settings.frame_port is not None:
         from cloud_backend.frame_server import FrameServer
 
         try:
-            frames = FrameServer(service, settings.host, settings.frame_port, settings.api_key, tls).start()
+            frames = FrameServer(service, settings.host, settings.frame_port, settings.api_key, tls, compute).start()
         except OSError as exc:
             print(f"talaria cloud: cannot open the frame socket on port {settings.frame_port}: {exc}", file=sys.stderr)
+            compute.stop()
             return 2
-    app = build_app(service, api_key=settings.api_key, frame_port=frames.port if frames else None)
+    app = build_app(service, api_key=settings.api_key, frame_port=frames.port if frames else None, compute=compute)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
                     ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
     finally:
         if frames is not None:
             frames.stop()
+        compute.stop()
     return 0

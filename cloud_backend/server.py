@@ -18,14 +18,15 @@ Errors are JSON {"error": {"message", "type", "code"}} with a 4xx status for the
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import time
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
+from cloud_backend.compute import ComputeThread
 from cloud_backend.service import LinearCallError, MaskedLinearService
 from talaria_wire import WireFormatError, decode_tensors, encode_tensors
 from talaria_wire.tensors import MEDIA_TYPE, decode_metadata
@@ -33,7 +34,6 @@ from talaria_wire.tensors import MEDIA_TYPE, decode_metadata
 log = logging.getLogger(__name__)
 
 FINGERPRINT_HEADER = "x-talaria-fingerprint"
-INLINE_GEMM_MACS = 4_000_000  # smaller products run on the event loop: a thread hop costs more than them
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
@@ -41,11 +41,24 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
 
 
-def build_app(service: MaskedLinearService, api_key: str | None = None, frame_port: int | None = None) -> FastAPI:
-    app = FastAPI(title="Talaria cloud backend", version=service.manifest.protocol)
+def build_app(service: MaskedLinearService, api_key: str | None = None, frame_port: int | None = None,
+              compute: ComputeThread | None = None) -> FastAPI:
+    """The REST app over `service`. Tensor work (GEMMs, encoding tensors) runs on `compute`, the
+    process's one compute thread (see compute.py); without one, the app starts and stops its own."""
+    own_compute = compute is None
+    compute = compute or ComputeThread().start()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if own_compute:
+            compute.stop()
+
+    app = FastAPI(title="Talaria cloud backend", version=service.manifest.protocol, lifespan=lifespan)
     fingerprint = service.manifest.fingerprint
-    cvm_blob = encode_tensors(
-        service.model.cvm_params, metadata={"attention_scaling": repr(service.model.attention_scaling)}
+    cvm_blob = compute.call(
+        encode_tensors, service.model.cvm_params,
+        metadata={"attention_scaling": repr(service.model.attention_scaling)},
     )
 
     def authorized(headers) -> bool:
@@ -71,10 +84,10 @@ def build_app(service: MaskedLinearService, api_key: str | None = None, frame_po
         return service.manifest.model_dump()
 
     @app.get("/v1/recovery/{op}")
-    def recovery(op: str):
+    async def recovery(op: str):
         if op not in service.recovery:
             return _error(404, f"unknown op {op!r}", "unknown_op")
-        blob = encode_tensors({"basis": service.bases[op], "recovery": service.recovery[op]})
+        blob = await compute.run(encode_tensors, {"basis": service.bases[op], "recovery": service.recovery[op]})
         return Response(blob, media_type=MEDIA_TYPE)
 
     @app.get("/v1/cvm-params")
@@ -99,12 +112,7 @@ def build_app(service: MaskedLinearService, api_key: str | None = None, frame_po
                     op = decode_metadata(blob).get("op", "")
                     if set(tensors) != {"x"}:
                         raise WireFormatError(f"expected exactly one tensor named 'x', got {sorted(tensors)}")
-                    x = tensors["x"]
-                    w = service.model.ops.get(op)
-                    if w is not None and x.shape[0] * w.weight.numel() <= INLINE_GEMM_MACS:
-                        y = service.linear(op, x)
-                    else:
-                        y = await run_in_threadpool(service.linear, op, x)
+                    y = await compute.run(service.linear, op, tensors["x"])
                 except (WireFormatError, LinearCallError) as exc:
                     status = getattr(exc, "status", 400)
                     await ws.send_json({"error": {"message": str(exc), "status": status}})
@@ -121,7 +129,7 @@ def build_app(service: MaskedLinearService, api_key: str | None = None, frame_po
             if set(tensors) != {"x"}:
                 raise WireFormatError(f"expected exactly one tensor named 'x', got {sorted(tensors)}")
             t0 = time.perf_counter()
-            y = await run_in_threadpool(service.linear, op, tensors["x"])
+            y = await compute.run(service.linear, op, tensors["x"])
             elapsed_ms = (time.perf_counter() - t0) * 1e3
         except WireFormatError as exc:
             return _error(400, str(exc), "bad_body")

@@ -95,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if runtime.tokenizer is None:
         log.warning("the cloud published no tokenizer: text requests will be refused")
+    import torch
+
+    # the engine thread keeps the thread count it was built with; tensor ops on the event loop
+    # (creating samplers, rendering) must not start a second OpenMP team (see engine.py)
+    torch.set_num_threads(1)
     app = build_app(runtime, settings)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"talaria proxy: OpenAI-compatible API at http://{host}:{settings.port}/v1 "

@@ -4,17 +4,25 @@
     async for event in engine.stream(handle): ...      # TokenEvent per generated token
     engine.abort(handle)                               # leaves the batch before the next step
 
-The model step (4*L + 1 blocking cloud calls) runs in a worker thread so the event loop keeps
-serving HTTP; scheduling, sampling and event delivery happen on the loop, between steps.
+The model step (4*L + 1 blocking cloud calls) and the sampling of its logits run on one
+dedicated engine thread, so the event loop keeps serving HTTP; scheduling and event delivery
+happen on the loop, between steps. One thread, always the same: torch's OpenMP gives each thread
+that runs parallel work its own team of workers, and with more teams' threads than cores their
+idle workers sleep instead of spinning, which costs every op a wake-up (cloud_backend/compute.py
+has the measurements). The engine thread keeps the torch thread count the process had when the
+engine was built; the CLI then drops the event loop's thread to 1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import time
 from dataclasses import dataclass
+
+import torch
 
 from talaria_proxy.errors import CloudError, TalariaError
 from talaria_proxy.model import SeqChunk, SplitModel
@@ -61,12 +69,18 @@ class AsyncEngine:
         self._task: asyncio.Task | None = None
         self._accepting = True
         self.last_error: Exception | None = None
+        self._threads = torch.get_num_threads()  # the engine thread's OpenMP team size
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the step loop on the running event loop (an engine may be stopped and started again)."""
         self._wake = asyncio.Event()
         self._accepting = True
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="talaria-engine", initializer=torch.set_num_threads,
+                initargs=(self._threads,))
         self._task = asyncio.create_task(self._loop(), name="talaria-engine")
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
@@ -83,6 +97,9 @@ class AsyncEngine:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self._executor is not None:  # a step still waiting on the cloud finishes on its own
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
     @property
     def num_running(self) -> int:
@@ -166,9 +183,10 @@ class AsyncEngine:
                          c.seq.num_computed, c.completes)
                 for c in plan
             ]
+            samplers = [c.seq.sampler if c.completes and not c.seq.aborted else None for c in plan]
             t0 = time.perf_counter()
             try:
-                logits = await asyncio.to_thread(self.model.forward, chunks)  # [B, V]
+                sampled = await asyncio.get_running_loop().run_in_executor(self._executor, self._step, chunks, samplers)
             except Exception as exc:  # cloud down, protocol error: fail this step's sequences, keep serving
                 self.last_error = exc
                 if not isinstance(exc, CloudError):
@@ -181,19 +199,27 @@ class AsyncEngine:
             self.last_error = None
             self.stats.steps += 1
             self.stats.step_seconds += time.perf_counter() - t0
-            row = 0
-            for c in plan:
+            for c, token in zip(plan, sampled):
                 seq = c.seq
                 if seq.num_computed < len(seq.prompt_ids):
                     self.stats.prompt_tokens += c.num_tokens
                 seq.num_computed += c.num_tokens
-                if not c.completes:
+                if token is None or seq.aborted or seq.status is SeqStatus.FINISHED:
                     continue
-                seq_logits = logits[row]
-                row += 1
-                if seq.aborted or seq.status is SeqStatus.FINISHED:
-                    continue
-                self._emit(seq, seq.sampler.sample(seq_logits))
+                self._emit(seq, token)
+
+    def _step(self, chunks: list[SeqChunk], samplers: list[Sampler | None]) -> list[SampledToken | None]:
+        """On the engine thread: one model step, and a token for each chunk that has a sampler
+        (chunks that complete their sequence's input have a row of logits; aborted ones no sampler)."""
+        logits = self.model.forward(chunks)  # [B, V], a row per completing chunk
+        out, row = [], 0
+        for chunk, sampler in zip(chunks, samplers):
+            if not chunk.need_logits:
+                out.append(None)
+                continue
+            out.append(sampler.sample(logits[row]) if sampler is not None else None)
+            row += 1
+        return out
 
     def _emit(self, seq: Sequence, sampled: SampledToken) -> None:
         seq.output_ids.append(sampled.token_id)

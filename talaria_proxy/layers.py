@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -61,3 +62,26 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, sli
             mask &= k_pos > q_pos - sliding_window
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=D**-0.5)  # [H, T, D]
     return out.transpose(0, 1).reshape(T, H * D)
+
+
+def decode_attention(q: torch.Tensor, ks: list[torch.Tensor], vs: list[torch.Tensor], positions: list[int],
+                     sliding_window: int | None) -> torch.Tensor:
+    """Attention of B sequences' single new tokens over their caches, as one padded batch.
+
+    q: [B, H, D], the token of sequence b at positions[b]; ks[b], vs[b]: [S_b, Hkv, D] with
+    S_b = positions[b] + 1. Returns [B, H*D], equal to `attention` per sequence. One SDPA call
+    instead of B: a decode step of 8 sequences runs a few ops per layer instead of ~10 per sequence.
+    """
+    B, H, D = q.shape
+    Hkv = ks[0].shape[1]
+    k = pad_sequence(ks, batch_first=True).transpose(1, 2)  # [B, Hkv, S, D], zero-padded
+    v = pad_sequence(vs, batch_first=True).transpose(1, 2)
+    S = k.shape[2]
+    k_pos = torch.arange(S)[None, :]  # [1, S]
+    q_pos = torch.tensor(positions)[:, None]  # [B, 1]
+    mask = k_pos <= q_pos  # [B, S]: each sequence's own positions, not the padding
+    if sliding_window is not None:
+        mask &= k_pos > q_pos - sliding_window
+    out = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=mask[:, None, None, :], scale=D**-0.5,
+                                         enable_gqa=H != Hkv)  # [B, H, 1, D]
+    return out.reshape(B, H * D)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from talaria_proxy.kv_cache import KVCache
-from talaria_proxy.layers import Rotary, attention, rms_normalize
+from talaria_proxy.layers import Rotary, attention, decode_attention, rms_normalize
 from talaria_proxy.masked_linear import MaskedLinearClient
 from talaria_wire import ArchSpec, OpKey
 
@@ -71,13 +71,7 @@ class SplitModel:
                 k = rms_normalize(k, eps) * self.k_norm[i]
             q = Rotary.apply(q, cos, sin)
             k = Rotary.apply(k, cos, sin)
-            outs = []
-            row = 0
-            for c, n in zip(chunks, lens):
-                k_all, v_all = c.cache.write(i, c.start, k[row : row + n], v[row : row + n])  # [S, Hkv, D]
-                outs.append(attention(q[row : row + n], k_all, v_all, c.start, a.sliding_window))  # [T, H*D]
-                row += n
-            h = h + self.linear(self.op_names[i, "o"], torch.cat(outs))  # [N, d]
+            h = h + self.linear(self.op_names[i, "o"], self._attend(i, chunks, lens, q, k, v))  # [N, d]
             gate, up = self.linear(self.op_names[i, "gate_up"], rms_normalize(h, eps)).chunk(2, dim=-1)  # [N, I] each
             h = h + self.linear(self.op_names[i, "down"], F.silu(gate) * up)
         for c, n in zip(chunks, lens):
@@ -86,3 +80,25 @@ class SplitModel:
         if last_rows.numel() == 0:
             return torch.empty(0, a.vocab_size)
         return self.linear("lm_head", rms_normalize(h[last_rows], eps))  # [B, V]
+
+    def _attend(self, layer: int, chunks: list[SeqChunk], lens: list[int], q, k, v) -> torch.Tensor:
+        """Write the step's k, v into each sequence's cache and attend: [N, H*D]. Sequences that
+        add one token (decoding) attend as one batch; longer chunks (prefill) one by one."""
+        window = self.arch.sliding_window
+        outs: list[torch.Tensor | None] = []
+        singles: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []  # (chunk, row, k_all, v_all)
+        row = 0
+        for j, (c, n) in enumerate(zip(chunks, lens)):
+            k_all, v_all = c.cache.write(layer, c.start, k[row : row + n], v[row : row + n])  # [S, Hkv, D]
+            if n == 1 and len(chunks) > 1:
+                singles.append((j, row, k_all, v_all))
+                outs.append(None)
+            else:
+                outs.append(attention(q[row : row + n], k_all, v_all, c.start, window))  # [T, H*D]
+            row += n
+        if singles:
+            js, rows, ks, vs = zip(*singles)
+            batched = decode_attention(q[list(rows)], list(ks), list(vs), [chunks[j].start for j in js], window)
+            for b, j in enumerate(js):
+                outs[j] = batched[b : b + 1]
+        return torch.cat(outs)

@@ -56,3 +56,37 @@ def test_each_step_costs_4L_plus_1_calls_carrying_every_sequence(spy_backend):
         assert [op for op, _ in calls] == expected_ops
         rows = sum(LENGTHS) if step == 0 else len(LENGTHS)
         assert all(x.shape[0] == (8 if op == "lm_head" else rows) for op, x in calls)
+
+
+def test_steps_and_sampling_run_on_one_engine_thread_with_the_builders_thread_count(spy_backend, monkeypatch):
+    """All tensor work of the engine stays on one thread, never the event loop's (see engine.py):
+    a second thread running torch ops with several threads would start a second OpenMP team."""
+    import threading
+
+    from talaria_proxy import sampling
+
+    seen: dict[str, set] = {"linear": set(), "sample": set(), "threads": set()}
+    backend = spy_backend("qwen2")
+    inner_linear, inner_sample = backend.linear, sampling.Sampler.sample
+
+    def linear(op, x):
+        seen["linear"].add(threading.get_ident())
+        seen["threads"].add(torch.get_num_threads())
+        return inner_linear(op, x)
+
+    def sample(self, logits):
+        seen["sample"].add(threading.get_ident())
+        return inner_sample(self, logits)
+
+    backend.linear = linear
+    monkeypatch.setattr(sampling.Sampler, "sample", sample)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rt = build_runtime(backend, "remo")
+    finally:
+        torch.set_num_threads(before)
+    loop_thread = threading.get_ident()  # asyncio.run runs the loop on this thread
+    asyncio.run(run_all(rt, prompts(rt.manifest.arch.vocab_size)[:3], max_tokens=4))
+    assert len(seen["linear"]) == 1 and seen["sample"] == seen["linear"] and loop_thread not in seen["linear"]
+    assert seen["threads"] == {2}  # the count at build time, whatever the loop's thread has now
