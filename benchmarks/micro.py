@@ -1,6 +1,8 @@
 """Micro-measurements that price optimisations the step profile cannot try directly.
 
-    attention_batching     the per-sequence decode attention loop vs one batched SDPA call
+    attention_batching     the per-sequence decode attention loop vs the engine's batched one
+    openmp_teams           the cloud's decode GEMM sweep on its compute thread vs on a second
+                           thread (what a per-connection thread used to cost; see compute.py)
 (Transports are compared as measured variants of the step profile, not as micro-measurements.)
 """
 
@@ -22,24 +24,69 @@ def _timeit(fn, n: int, stat=median) -> float:
 
 
 def attention_batching(arch: dict, batch: int, seq_len: int, reps: int = 20) -> dict[str, float]:
-    """Per decode step (all layers): the per-sequence attention loop vs one batched SDPA call."""
+    """Per decode step (all layers): `attention` once per sequence (what the engine did before)
+    vs `decode_attention` over all of them (what it does now), caches of different lengths."""
     import torch
-    import torch.nn.functional as F
 
-    from talaria_proxy.layers import attention
+    from talaria_proxy.layers import attention, decode_attention
 
     H, Hkv, D, L = arch["num_heads"], arch["num_kv_heads"], arch["head_dim"], arch["num_layers"]
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(batch, 1, H, D, generator=g)  # [B, T=1, H, D]
-    k = torch.randn(batch, seq_len, Hkv, D, generator=g)  # [B, S, Hkv, D]
-    v = torch.randn(batch, seq_len, Hkv, D, generator=g)
+    lengths = [max(1, seq_len - 2 * i) for i in range(batch)]  # sequences of a batch differ in length
+    q = torch.randn(batch, H, D, generator=g)  # [B, H, D]: one new token each
+    ks = [torch.randn(n, Hkv, D, generator=g) for n in lengths]
+    vs = [torch.randn(n, Hkv, D, generator=g) for n in lengths]
+    positions = [n - 1 for n in lengths]
 
     def loop():
-        return [attention(q[i], k[i], v[i], seq_len - 1, None) for i in range(batch)]
+        return torch.cat([attention(q[i : i + 1], ks[i], vs[i], positions[i], None) for i in range(batch)])
 
-    def batched():  # [B, H, 1, D] x [B, H, S, D]: GQA by expanding kv heads
-        kh = k.transpose(1, 2).repeat_interleave(H // Hkv, dim=1)
-        vh = v.transpose(1, 2).repeat_interleave(H // Hkv, dim=1)
-        return F.scaled_dot_product_attention(q.transpose(1, 2), kh, vh, scale=D**-0.5)
+    def batched():
+        return decode_attention(q, ks, vs, positions, None)
 
+    torch.testing.assert_close(batched(), loop(), rtol=1e-4, atol=1e-5)  # the same numbers, or no price
     return {"loop_ms_per_step": _timeit(loop, reps) * L * 1e3, "batched_ms_per_step": _timeit(batched, reps) * L * 1e3}
+
+
+def openmp_teams(model_path, compute_dtype: str, threads: int = 2, row_counts=(1, 8), reps: int = 3) -> dict:
+    """Model-order sweeps of the service's calls (decode shapes) with `threads` torch threads, run
+    on the compute thread that loaded the model vs on a second thread while the first one's
+    OpenMP team lives on: the second team makes idle workers sleep instead of spin."""
+    import threading
+
+    import torch
+
+    from benchmarks.servers import cloud_mode
+    from cloud_backend.cli import build_service
+    from cloud_backend.compute import ComputeThread
+    from cloud_backend.settings import CloudSettings
+
+    compute = ComputeThread(threads).start()
+    try:
+        service = compute.call(build_service, CloudSettings(model=str(model_path), threads=threads, **cloud_mode(compute_dtype)))
+        out = {}
+        for rows in row_counts:
+            g = torch.Generator().manual_seed(0)
+            xs = [(op.name, torch.randn(rows, op.d_in, generator=g, dtype=service.dtype) * 10) for op in service.manifest.ops]
+
+            def sweep():
+                for name, x in xs:
+                    service.linear(name, x)
+
+            def second_thread() -> float:
+                box = {}
+
+                def body():
+                    torch.set_num_threads(threads)
+                    box["s"] = _timeit(sweep, reps)
+
+                t = threading.Thread(target=body, name="second-team")
+                t.start()
+                t.join()
+                return box["s"]
+
+            out[f"rows={rows}"] = {"compute_thread_ms": compute.call(_timeit, sweep, reps) * 1e3,
+                                   "second_thread_ms": second_thread() * 1e3}
+        return {"threads": threads, **out}
+    finally:
+        compute.stop()

@@ -5,7 +5,7 @@ Per model, in one run on one machine:
      OpenAI endpoint with 1 stream and 8 concurrent streams (`benchmarks.streams`), in rounds that
      alternate with HF `generate` in this process (batch 1 and 8; 1 and 2 torch threads; the better
      thread count is the baseline);
-  2. a micro-measurement (batched decode attention);
+  2. micro-measurements (batched decode attention; GEMMs on one compute thread vs a second one);
   3. the in-process step profile (`benchmarks.breakdown`) of the default setup, then of variants that
      each change one thing (other transport, 2 cloud threads, other precision modes), which price
      optimisations directly.
@@ -173,6 +173,7 @@ def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool) -> dict:
         _say(f"[{size}] micro-measurements")
         res["micro"] = {
             "attention_b8": micro.attention_batching(arch, 8, cfg["prompt_len"] + cfg["profile_steps"] // 2),
+            "openmp_teams": micro.openmp_teams(path, main["compute_dtype"], threads=2),
         }
         _say(f"  {res['micro']}")
         _say(f"[{size}] in-process step profiles")

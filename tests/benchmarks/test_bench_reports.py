@@ -46,7 +46,9 @@ def speed_result():
                "mixed, http, cloud 1 thread": _profile("mixed", "http", 1, 25.0),
                "mixed/full, tcp, cloud 1 thread": _profile("mixed/full", "tcp", 1, 11.0),
                "float64, tcp, cloud 1 thread": _profile("float64", "tcp", 1, 10.0)}
-    micro = {"attention_b8": {"loop_ms_per_step": 1.0, "batched_ms_per_step": 0.1}}
+    micro = {"attention_b8": {"loop_ms_per_step": 1.0, "batched_ms_per_step": 0.1},
+             "openmp_teams": {"threads": 2, "rows=1": {"compute_thread_ms": 5.0, "second_thread_ms": 7.5},
+                              "rows=8": {"compute_thread_ms": 9.0, "second_thread_ms": 10.0}}}
     return {"hf": {"points": hf}, "talaria": talaria, "profile": profile, "micro": micro,
             "setup": {"compute_dtype": "mixed", "reply": "projected", "transport": "tcp", "mask_scale": 10.0,
                       "mask_rank": 64}}
@@ -71,7 +73,7 @@ def test_targets_can_be_met():
     assert s["single_ok"] and s["multi_ok"] and s["single_ratio"] == pytest.approx(1.45)
 
 
-def test_predictions_name_done_work_and_combine_without_double_counting():
+def test_predictions_name_done_work_with_its_basis():
     rows = speed_report.predictions(speed_result())
     by = {(r["batch"], r["optimisation"]): r for r in rows}
     http = by[1, "(done) raw frames on one TCP socket instead of HTTP POSTs"]
@@ -81,13 +83,20 @@ def test_predictions_name_done_work_and_combine_without_double_counting():
     assert projected["saving_ms"] == pytest.approx(2.0)
     assert by[1, "(done) mixed precision instead of float64"]["saving_ms"] == pytest.approx(1.0)
     attn = by[8, speed_report.BATCHED]
-    assert attn["saving_ms"] == pytest.approx(0.9)
+    assert attn["predicted_ms"] == 11.0 and attn["now_ms"] == pytest.approx(11.9)  # without it: + loop - batched
     assert (1, speed_report.BATCHED) not in by  # nothing to batch with one sequence
     assert not any("float32 wire" in r["optimisation"] for r in rows)  # no float32 variant measured
-    ahead = by[8, speed_report.MASK_AHEAD]
-    assert ahead["saving_ms"] == pytest.approx(0.8)
-    combined = [r for r in rows if r["batch"] == 8 and r["optimisation"].startswith("combined")][0]
-    assert combined["saving_ms"] == pytest.approx(ahead["saving_ms"] + attn["saving_ms"])
+    assert all(r["optimisation"].startswith("(done)") for r in rows)  # nothing predicted without a basis
+
+
+def test_the_compute_thread_row_prices_the_two_thread_cloud():
+    result = speed_result()
+    result["profile"]["mixed, tcp, cloud 2 threads"] = _profile("mixed", "tcp", 2, 8.0)
+    by = {(r["batch"], r["optimisation"]): r for r in speed_report.predictions(result)}
+    one, eight = by[1, speed_report.TEAMS], by[8, speed_report.TEAMS]
+    assert (one["now_ms"], one["predicted_ms"]) == (pytest.approx(10.5), 8.0)  # 2-thread step + (7.5 - 5)
+    assert (eight["now_ms"], eight["predicted_ms"]) == (pytest.approx(11.0), 10.0)
+    assert (1, speed_report.TEAMS) not in {(r["batch"], r["optimisation"]) for r in speed_report.predictions(speed_result())}
 
 
 def test_speed_markdown_and_plot(tmp_path):
@@ -184,4 +193,4 @@ def test_speed_report_renders_from_its_json(tmp_path):
     write_json(tmp_path / "bench.json", report)
     md = speed_report.markdown(json.loads((tmp_path / "bench.json").read_text()))
     assert md == speed_report.markdown(report)
-    assert speed_report.BATCHED in md and speed_report.MASK_AHEAD in md
+    assert speed_report.BATCHED in md and "combined" not in md
