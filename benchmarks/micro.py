@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from benchmarks.common import median
@@ -48,7 +49,22 @@ def attention_batching(arch: dict, batch: int, seq_len: int, reps: int = 20) -> 
     return {"loop_ms_per_step": _timeit(loop, reps) * L * 1e3, "batched_ms_per_step": _timeit(batched, reps) * L * 1e3}
 
 
-def openmp_teams(model_path, compute_dtype: str, threads: int = 2, row_counts=(1, 8), reps: int = 3) -> dict:
+def openmp_teams(model_path, compute_dtype: str, threads: int = 2) -> dict:
+    """`_openmp_teams` in a fresh process, as in a cloud process: the benchmark's own process
+    already holds OpenMP teams (HF, GEMM tables), which would slow both sides alike."""
+    import json
+    import subprocess
+    import sys
+
+    from benchmarks.common import thread_env
+
+    out = subprocess.run([sys.executable, "-m", "benchmarks.micro", "openmp-teams", str(model_path), compute_dtype,
+                          str(threads)], env={**os.environ, **thread_env(threads)}, capture_output=True, text=True,
+                         check=True, timeout=1800)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _openmp_teams(model_path, compute_dtype: str, threads: int = 2, row_counts=(1, 8), reps: int = 3) -> dict:
     """Model-order sweeps of the service's calls (decode shapes) with `threads` torch threads, run
     on the compute thread that loaded the model vs on a second thread while the first one's
     OpenMP team lives on: the second team makes idle workers sleep instead of spin."""
@@ -90,3 +106,12 @@ def openmp_teams(model_path, compute_dtype: str, threads: int = 2, row_counts=(1
         return {"threads": threads, **out}
     finally:
         compute.stop()
+
+
+if __name__ == "__main__":  # python -m benchmarks.micro openmp-teams MODEL COMPUTE_DTYPE THREADS
+    import json
+    import sys
+
+    if len(sys.argv) != 5 or sys.argv[1] != "openmp-teams":
+        sys.exit("usage: python -m benchmarks.micro openmp-teams MODEL COMPUTE_DTYPE THREADS")
+    print(json.dumps(_openmp_teams(sys.argv[2], sys.argv[3], int(sys.argv[4]))))

@@ -13,7 +13,7 @@ import sys
 
 # Flags whose value goes straight into ProxySettings (dest == settings field).
 _SETTING_FLAGS = ("cloud_url", "cloud_api_key", "cloud_ca_file", "cloud_timeout", "cloud_transport", "cloud_wait", "threads", "host", "port", "served_model_name",
-                  "scheme", "mask_scale", "api_keys", "cors_origins", "max_batch_tokens", "max_running",
+                  "scheme", "mask_scale", "api_keys", "cors_origins", "max_batch_tokens", "max_running", "batch_wait_ms",
                   "max_waiting", "max_model_len", "max_n", "request_timeout", "shutdown_drain", "log_level")
 
 
@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-tokens", type=int, help="rows per engine step (default 512)")
     p.add_argument("--max-running", type=int, help="sequences decoding at once (default 64)")
     p.add_argument("--max-waiting", type=int, help="queued sequences before 429 (default 256)")
+    p.add_argument("--batch-wait-ms", type=float, help="an idle engine waits while requests keep arriving this close together, so they share one prefill (default 3; 0: off)")
     p.add_argument("--max-model-len", type=int, help="context window (default: the model's)")
     p.add_argument("--max-n", type=int, help="largest n accepted (default 8)")
     p.add_argument("--request-timeout", type=float, help="seconds before a request is aborted (default 600)")
@@ -87,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         wait_for_cloud(backend, settings.cloud_wait)
         runtime = build_runtime(
             backend, settings.scheme, mask_scale=settings.mask_scale, max_model_len=settings.max_model_len,
-            scheduler=SchedulerConfig(settings.max_batch_tokens, settings.max_running, settings.max_waiting),
+            scheduler=SchedulerConfig(settings.max_batch_tokens, settings.max_running, settings.max_waiting,
+                                      settings.batch_wait_ms),
         )
     except (CloudError, ProtocolMismatch) as exc:
         print(f"talaria proxy: {exc}", file=sys.stderr)

@@ -173,6 +173,7 @@ class AsyncEngine:
             if not self.scheduler.has_work():
                 self._wake.clear()
                 await self._wake.wait()
+                await self._gather_arrivals()
                 continue
             plan = self.scheduler.schedule(self.model.new_cache)
             if not plan:
@@ -207,6 +208,21 @@ class AsyncEngine:
                 if token is None or seq.aborted or seq.status is SeqStatus.FINISHED:
                     continue
                 self._emit(seq, token)
+
+    async def _gather_arrivals(self) -> None:
+        """After idling: wait while requests keep arriving (each within batch_wait_ms of the last,
+        10x that in all), so that requests sent together share one prefill step instead of the
+        first one running alone while the others queue behind it."""
+        quiet = self.scheduler.config.batch_wait_ms / 1e3
+        if quiet <= 0:
+            return
+        deadline = time.monotonic() + 10 * quiet
+        seen = len(self.scheduler.waiting)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(quiet, max(0.0, deadline - time.monotonic())))
+            if len(self.scheduler.waiting) == seen:
+                return
+            seen = len(self.scheduler.waiting)
 
     def _step(self, chunks: list[SeqChunk], samplers: list[Sampler | None]) -> list[SampledToken | None]:
         """On the engine thread: one model step, and a token for each chunk that has a sampler

@@ -22,6 +22,9 @@ class SchedulerConfig:
     max_batch_tokens: int = 512  # rows per step: decode tokens + prefill chunk rows
     max_running: int = 64  # sequences holding a KV cache at once
     max_waiting: int = 256  # bounded queue of admitted-but-not-started requests
+    # an idle engine that gets a request waits until no other one has arrived for this long (at
+    # most 10x as long in all), so that requests sent together share their first step
+    batch_wait_ms: float = 3.0
 
 
 class SeqStatus(enum.Enum):

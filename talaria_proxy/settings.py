@@ -29,6 +29,7 @@ class ProxySettings(BaseSettings):
     max_batch_tokens: int = Field(512, ge=1)  # rows per engine step (decode tokens + prefill chunk)
     max_running: int = Field(64, ge=1)  # sequences decoding at once
     max_waiting: int = Field(256, ge=0)  # queued requests before 429
+    batch_wait_ms: float = Field(3.0, ge=0, le=1000)  # an idle engine gathers requests arriving this close together
     max_model_len: int | None = Field(None, ge=1)  # context window (default: the model's)
     max_n: int = Field(8, ge=1)  # largest `n` accepted
     request_timeout: float = Field(600.0, gt=0)  # seconds before a request is aborted

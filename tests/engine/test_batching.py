@@ -90,3 +90,34 @@ def test_steps_and_sampling_run_on_one_engine_thread_with_the_builders_thread_co
     asyncio.run(run_all(rt, prompts(rt.manifest.arch.vocab_size)[:3], max_tokens=4))
     assert len(seen["linear"]) == 1 and seen["sample"] == seen["linear"] and loop_thread not in seen["linear"]
     assert seen["threads"] == {2}  # the count at build time, whatever the loop's thread has now
+
+
+def _first_step_rows(spy_backend, batch_wait_ms: float) -> tuple[int, int]:
+    """Two requests, the second 1 ms after the first, into an idle engine: rows of the first
+    step's first call, and the rows of both prompts."""
+    backend = spy_backend("qwen2")
+    rt = build_runtime(backend, "remo", scheduler=SchedulerConfig(batch_wait_ms=batch_wait_ms))
+    a, b = prompts(rt.manifest.arch.vocab_size)[2:4]
+    params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+
+    async def run():
+        await rt.engine.start()
+        try:
+            async def one(p, delay):
+                await asyncio.sleep(delay)
+                return [ev async for ev in rt.engine.generate(p, params)]
+
+            await asyncio.gather(one(a, 0), one(b, 0.001))
+        finally:
+            await rt.engine.stop()
+
+    backend.calls.clear()
+    asyncio.run(run())
+    return backend.calls[0][1].shape[0], len(a) + len(b)
+
+
+def test_requests_arriving_together_share_the_first_step(spy_backend):
+    rows, both = _first_step_rows(spy_backend, batch_wait_ms=20)
+    assert rows == both  # one prefill for both
+    rows, both = _first_step_rows(spy_backend, batch_wait_ms=0)
+    assert rows < both  # without the window the first request starts alone
