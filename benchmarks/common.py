@@ -179,6 +179,15 @@ def write_json(path: Path, data) -> None:
     path.write_text(json.dumps(_plain(data), indent=2) + "\n")
 
 
+def write_report(out: Path, name: str, report: dict, markdown, plot) -> None:
+    """out/NAME.json, NAME.md (markdown(report), also printed) and NAME.png (plot(report, path))."""
+    write_json(out / f"{name}.json", report)
+    md = markdown(report)
+    (out / f"{name}.md").write_text(md)
+    plot(report, out / f"{name}.png")
+    print(md)
+
+
 def machine() -> dict:
     import platform
 

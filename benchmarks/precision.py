@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, make_prompts, median, model_dir, write_json
+from benchmarks.common import machine, make_prompts, median, model_dir, write_report
 
 SCALES = (0.1, 1.0, 10.0, 100.0)
 KINDS = ("qkv", "o", "gate_up", "down", "lm_head")
@@ -253,10 +253,6 @@ def run(args) -> int:
     for size in models:
         report["models"][size] = study_model(size, modes, scales, cfg["num_prompts"], cfg["tokens"])
     report["elapsed_s"] = time.time() - started
-    write_json(out / "precision.json", report)
-    md = precision_report.markdown(report)
-    (out / "precision.md").write_text(md)
-    precision_report.plot(report, out / "precision.png")
-    print(md)
+    write_report(out, "precision", report, precision_report.markdown, precision_report.plot)
     _say(f"wrote {out}/precision.md, precision.json, precision.png in {report['elapsed_s']:.0f}s")
     return 0

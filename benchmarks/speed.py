@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import load_average, machine, make_prompts, model_dir, write_json
+from benchmarks.common import load_average, machine, make_prompts, model_dir, write_report
 
 ROWS = (1, 4, 8)  # rows per call in the GEMM tables: decode of 1 and 8 sequences, and half of 8
 # repeats: interleaved HF/Talaria rounds per model size (the 0.5b rounds take minutes each)
@@ -216,10 +216,6 @@ def run(args) -> int:
                                              variants=not args.no_variants)
     report["load_avg_end"] = load_average()
     report["elapsed_s"] = time.time() - started
-    write_json(out / "bench.json", report)
-    md = speed_report.markdown(report)
-    (out / "bench.md").write_text(md)
-    speed_report.plot(report, out / "bench.png")
-    print(md)
+    write_report(out, "bench", report, speed_report.markdown, speed_report.plot)
     _say(f"wrote {out}/bench.md, bench.json, bench.png in {report['elapsed_s']:.0f}s (server logs: {log_dir})")
     return 0
