@@ -43,22 +43,19 @@ class _Handler(socketserver.BaseRequestHandler):
         sock: socket.socket = self.request
         configure(sock)
         sock.settimeout(HANDSHAKE_TIMEOUT_S)
+        ready = False
         try:
             if self.server.tls is not None:  # handshake here, in the connection's thread, not in accept()
                 sock = self.server.tls.wrap_socket(sock, server_side=True)  # detaches the raw socket
-            if not self._hello(sock):
-                sock.close()
-                return
+            ready = self._hello(sock)
         except PeerClosed:
-            sock.close()
-            return
+            pass
         except FrameError as exc:
             log.warning("frame socket %s: %s; closing", self.client_address, exc)
             _try_error(sock, 400, str(exc))
-            sock.close()
-            return
         except OSError as exc:  # ssl.SSLError included: a client that does not speak TLS
             log.info("frame socket %s: %s", self.client_address, exc)
+        if not ready:
             sock.close()
             return
         sock.settimeout(CALL_READ_TIMEOUT_S)

@@ -132,11 +132,16 @@ def test_adopted_sockets_close_when_the_thread_stops():
     c = ComputeThread(threads=1).start()
     ours, theirs = socket.socketpair()
     ours.settimeout(5)
-    c.adopt(ours, lambda s: bool(s.recv(1)))  # echo-free handler: keep while bytes arrive
+    served = threading.Event()
+
+    def serve(s):  # keep the connection while bytes arrive
+        data = s.recv(1)
+        served.set()
+        return bool(data)
+
+    c.adopt(ours, serve)
     theirs.sendall(b"x")
-    deadline = time.monotonic() + 5
-    while c.connections != 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert served.wait(5)  # read: closing now is a clean close, not a reset over unread bytes
     assert c.connections == 1
     c.stop()
     theirs.settimeout(5)

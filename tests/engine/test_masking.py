@@ -42,11 +42,16 @@ def test_remo_recovers_xw_exactly_in_float64(scale):
     assert (y - ref).abs().max() / ref.abs().max() < 1e-6
 
 
-def test_masks_are_fresh_per_call_and_live_in_the_public_subspace():
-    w = torch.randn(64, 8, dtype=torch.float64)
-    pub = PublicTensors(w, 16)
-    scheme = RemoMask(manifest(), seed=3)
+def remo_on_o(m, seed: int) -> tuple[RemoMask, PublicTensors]:
+    """A ReMO scheme prepared for op 0.o (d 64 -> 8, rank 16) and the op's public tensors."""
+    pub = PublicTensors(torch.randn(64, 8, dtype=torch.float64), 16)
+    scheme = RemoMask(m, seed=seed)
     scheme.prepare("0.o", pub)
+    return scheme, pub
+
+
+def test_masks_are_fresh_per_call_and_live_in_the_public_subspace():
+    scheme, pub = remo_on_o(manifest(), seed=3)
     x = torch.randn(2, 64)
     a, _ = scheme.mask("0.o", x)
     b, _ = scheme.mask("0.o", x)
@@ -89,10 +94,7 @@ def test_projected_answers_are_finished_with_the_cvm_share():
 
 
 def test_prefetched_masks_are_used_once_and_only_for_their_shape():
-    w = torch.randn(64, 8, dtype=torch.float64)
-    pub = PublicTensors(w, 16)
-    scheme = RemoMask(projected_manifest(), seed=5)
-    scheme.prepare("0.o", pub)
+    scheme, pub = remo_on_o(projected_manifest(), seed=5)
     x = torch.randn(3, 64)
     scheme.prefetch("0.o", 3)
     g_ahead, direction = scheme._ahead["0.o"]
