@@ -102,8 +102,17 @@ def rope_inv_freq(cfg, head_dim: int) -> tuple[torch.Tensor, float]:
 
 
 def _read_tokenizer_files(path: str) -> dict[str, str]:
-    """Tokenizer files of a local checkpoint (the CVM tokenizes; these are public)."""
+    """Tokenizer files of a local checkpoint (the CVM tokenizes; these are public).
+
+    A minimal `config.json` (model_type, tokenizer_class) goes with them: AutoTokenizer picks the
+    tokenizer class from the model type when tokenizer_config.json names a generic one
+    (transformers 5 builds Qwen2Tokenizer, which splits digits, where the files alone give
+    TokenizersBackend), and the proxy must tokenize exactly as AutoTokenizer on the checkpoint.
+    """
+    import json
     import os
+
+    from transformers import AutoConfig
 
     names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
              "vocab.json", "merges.txt", "generation_config.json")
@@ -125,6 +134,11 @@ def _read_tokenizer_files(path: str) -> dict[str, str]:
             for name in os.listdir(tmp):
                 with open(os.path.join(tmp, name), encoding="utf-8") as fh:
                     out[name] = fh.read()
+    cfg = AutoConfig.from_pretrained(path)
+    minimal = {"model_type": cfg.model_type}
+    if getattr(cfg, "tokenizer_class", None):
+        minimal["tokenizer_class"] = cfg.tokenizer_class
+    out["config.json"] = json.dumps(minimal)  # AutoTokenizer reads nothing else of the config
     return out
 
 

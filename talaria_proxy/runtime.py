@@ -33,9 +33,16 @@ class ProxyRuntime:
 
 
 def load_tokenizer(files: dict[str, str]):
-    """Build the tokenizer (and chat template) from the files the cloud published."""
+    """Build the tokenizer (and chat template) from the files the cloud published.
+
+    The result must equal `AutoTokenizer.from_pretrained(checkpoint)`, whose class depends on the
+    checkpoint's config.json when tokenizer_config.json names a generic class (a qwen2 checkpoint
+    gets Qwen2Tokenizer, which splits digits, instead of TokenizersBackend). The cloud publishes a
+    minimal config.json for that; only its model_type and tokenizer_class are written here.
+    """
     if "tokenizer.json" not in files and "tokenizer_config.json" not in files:
         return None  # a checkpoint without a tokenizer: token-id API only
+    import json
     from pathlib import Path
 
     from transformers import AutoTokenizer
@@ -44,6 +51,9 @@ def load_tokenizer(files: dict[str, str]):
         for name, text in files.items():
             if "/" in name or name.startswith("."):
                 continue  # only plain file names
+            if name == "config.json":
+                published = json.loads(text)
+                text = json.dumps({k: published[k] for k in ("model_type", "tokenizer_class") if published.get(k)})
             Path(tmp, name).write_text(text, encoding="utf-8")
         return AutoTokenizer.from_pretrained(tmp)
 
