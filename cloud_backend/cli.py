@@ -7,26 +7,16 @@ import logging
 import sys
 
 
+# Every CloudSettings field is a flag named after it (talaria_base.flags), except these.
+_RENAMED_FLAGS = {"record_dir": "--record"}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from cloud_backend.settings import CloudSettings
+    from talaria_base.flags import add_setting_flags
+
     p.add_argument("--config", help="YAML config file (see configs/cloud.yaml)")
-    p.add_argument("--model", help="HF checkpoint: local directory or hub id")
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8100)")
-    p.add_argument("--api-key", help="require this bearer token from the proxy")
-    p.add_argument("--ssl-certfile", help="PEM certificate chain: serve REST and the frame socket over TLS")
-    p.add_argument("--ssl-keyfile", help="PEM private key of --ssl-certfile")
-    p.add_argument("--device", help="torch device for weights and GEMMs (default cpu)")
-    p.add_argument("--compute-dtype", choices=["mixed", "float64", "float32"],
-                   help="GEMM precision: mixed (default: float64 wire, float32 GEMM on the mask-free part), "
-                        "float64, or float32 (lossy with large masks)")
-    p.add_argument("--frame-port", type=int, help="port of the framed linear-call socket (default 0: any free port)")
-    p.add_argument("--reply", choices=["projected", "full"],
-                   help="answer x_perp W + b and let the CVM add the basis part (projected, default) or x~ W + b")
-    p.add_argument("--mask-rank", type=int, help="ReMO rank m for every op (default 64)")
-    p.add_argument("--basis-seed", type=int, help="seed of the public ReMO bases (default 0)")
-    p.add_argument("--record", dest="record_dir", metavar="DIR", help="record every received call into DIR")
-    p.add_argument("--threads", type=int, help="torch intra-op threads")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    add_setting_flags(p, CloudSettings, _RENAMED_FLAGS)
 
 
 def build_service(settings):
@@ -56,12 +46,11 @@ def build_service(settings):
 
 def run(args: argparse.Namespace) -> int:
     from cloud_backend.settings import CloudSettings
+    from talaria_base.flags import given_settings
     from talaria_cli.config import ConfigError, exit_on_config_error, load_settings
 
-    flags = {k: getattr(args, k) for k in ("model", "host", "port", "frame_port", "api_key", "ssl_certfile", "ssl_keyfile", "device", "compute_dtype", "reply",
-                                            "mask_rank", "basis_seed", "record_dir", "threads", "log_level")}
     try:
-        settings = load_settings(CloudSettings, args.config, **flags)
+        settings = load_settings(CloudSettings, args.config, **given_settings(args, CloudSettings))
     except ConfigError as exc:
         return exit_on_config_error(exc)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s cloud %(levelname)s %(message)s")

@@ -11,49 +11,25 @@ import argparse
 import logging
 import sys
 
-# Flags whose value goes straight into ProxySettings (dest == settings field).
-_SETTING_FLAGS = ("cloud_url", "cloud_api_key", "cloud_ca_file", "cloud_timeout", "cloud_transport", "cloud_wait", "threads", "host", "port", "served_model_name",
-                  "scheme", "mask_scale", "api_keys", "cors_origins", "max_batch_tokens", "max_running", "batch_wait_ms",
-                  "max_waiting", "max_model_len", "max_n", "request_timeout", "shutdown_drain", "log_level")
+# Every ProxySettings field is a flag named after it (talaria_base.flags), except these.
+_RENAMED_FLAGS = {"cloud_url": "--cloud"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from talaria_base.flags import add_setting_flags
+    from talaria_proxy.settings import ProxySettings
+
     p.add_argument("--config", help="YAML config file (see configs/proxy.yaml)")
-    p.add_argument("--cloud", dest="cloud_url", metavar="URL", help="cloud backend base URL (default http://127.0.0.1:8100)")
-    p.add_argument("--cloud-api-key", help="bearer token presented to the cloud backend")
-    p.add_argument("--cloud-ca-file", help="PEM CA bundle trusted for an https cloud (default: the system's CAs)")
-    p.add_argument("--cloud-timeout", type=float, help="seconds per cloud call before a request fails (default 30)")
-    p.add_argument("--cloud-transport", choices=["tcp", "websocket", "http"],
-                   help="how linear calls travel: raw frames on the cloud's frame socket (tcp, default), "
-                        "messages on one WebSocket, or one HTTP POST each")
-    p.add_argument("--threads", type=int, help="torch intra-op threads in the proxy (default: torch's)")
-    p.add_argument("--cloud-wait", type=float, help="seconds to wait at start for the cloud to come up (default 120)")
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--served-model-name", help="model id in /v1/models (default: the cloud's model name)")
-    p.add_argument("--scheme", choices=["remo", "none"], help="masking scheme (default remo; 'none' is for audits only)")
-    p.add_argument("--mask-scale", type=float, help="ReMO mask norm relative to each row's norm (default 10)")
-    p.add_argument("--api-key", dest="api_keys", action="append", metavar="KEY",
-                   help="accepted client key (repeatable); without any, the API is open")
-    p.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
-                   help="allowed CORS origin, e.g. http://localhost:3000 or '*' (repeatable)")
-    p.add_argument("--max-batch-tokens", type=int, help="rows per engine step (default 512)")
-    p.add_argument("--max-running", type=int, help="sequences decoding at once (default 64)")
-    p.add_argument("--max-waiting", type=int, help="queued sequences before 429 (default 256)")
-    p.add_argument("--batch-wait-ms", type=float, help="an idle engine waits while requests keep arriving this close together, so they share one prefill (default 3; 0: off)")
-    p.add_argument("--max-model-len", type=int, help="context window (default: the model's)")
-    p.add_argument("--max-n", type=int, help="largest n accepted (default 8)")
-    p.add_argument("--request-timeout", type=float, help="seconds before a request is aborted (default 600)")
-    p.add_argument("--shutdown-drain", type=float, help="seconds to finish in-flight requests on shutdown (default 30)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    add_setting_flags(p, ProxySettings, _RENAMED_FLAGS)
 
 
 def run(args: argparse.Namespace) -> int:
+    from talaria_base.flags import given_settings
     from talaria_cli.config import ConfigError, exit_on_config_error, load_settings
     from talaria_proxy.settings import ProxySettings
 
     try:
-        settings = load_settings(ProxySettings, args.config, **{k: getattr(args, k) for k in _SETTING_FLAGS})
+        settings = load_settings(ProxySettings, args.config, **given_settings(args, ProxySettings))
     except ConfigError as exc:
         return exit_on_config_error(exc)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s proxy %(levelname)s %(message)s")
