@@ -127,7 +127,7 @@ class AsyncEngine:
             seq_id=request_id or f"seq-{next(self._ids)}",
             prompt_ids=list(prompt_ids),
             params=params,
-            sampler=Sampler(params, vocab),
+            sampler=Sampler(params, vocab, prompt_ids),
             max_len=self.max_model_len,
             sink=asyncio.Queue(),
         )

@@ -1,7 +1,9 @@
 """Sampling in the CVM: logits of one sequence -> next token (+ logprobs).
 
-Order of logit processing (as vLLM): logit_bias, presence/frequency penalties (on generated
-tokens), then temperature, top-k, top-p. Temperature 0 is greedy. Logprobs are of the model's raw
+Order of logit processing (as vLLM): logit_bias, the repetition penalty (on prompt and generated
+tokens: a positive logit is divided by it, a negative one multiplied), presence/frequency
+penalties (on generated tokens), then temperature, min-p (drop tokens whose probability is below
+min_p times the largest one's), top-k, top-p. Temperature 0 is greedy. Logprobs are of the model's raw
 distribution (log_softmax of the unprocessed logits), as OpenAI reports them.
 
 Shape legend: V vocab.
@@ -28,6 +30,8 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)  # generation ends after one of these
     ignore_eos: bool = False  # do not stop at the model's EOS tokens
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token + k top alternatives
+    min_p: float = 0.0  # keep tokens with probability >= min_p * the top token's (after temperature); 0: off
+    repetition_penalty: float = 1.0  # > 0; 1: off; > 1 discourages tokens of the prompt and the output
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -40,6 +44,10 @@ class SamplingParams:
             raise ValueError("top_k must be >= 0")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise ValueError("top_logprobs must be between 0 and 20")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError("min_p must be in [0, 1]")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
 
 
 @dataclass
@@ -52,10 +60,14 @@ class SampledToken:
 class Sampler:
     """Per-sequence sampler: owns the sequence's random generator and its token counts."""
 
-    def __init__(self, params: SamplingParams, vocab_size: int):
+    def __init__(self, params: SamplingParams, vocab_size: int, prompt_ids: list[int] | None = None):
         self.params = params
         self.generator = torch.Generator().manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
         self.counts = torch.zeros(vocab_size)  # [V] occurrences of each generated token
+        self.in_prompt = None  # [V] bool: tokens of the prompt (only the repetition penalty reads it)
+        if params.repetition_penalty != 1.0:
+            self.in_prompt = torch.zeros(vocab_size, dtype=torch.bool)
+            self.in_prompt[[t for t in prompt_ids or [] if 0 <= t < vocab_size]] = True
         self.bias = None
         if params.logit_bias:
             self.bias = torch.zeros(vocab_size)
@@ -64,28 +76,46 @@ class Sampler:
                     raise ValueError(f"logit_bias token id {tok} is outside the vocabulary (0..{vocab_size - 1})")
                 self.bias[int(tok)] = float(b)
 
+    def penalized(self, logits: torch.Tensor) -> torch.Tensor:
+        """[V] raw logits -> [V] after logit_bias and the penalties (what greedy takes the argmax of)."""
+        p = self.params
+        x = logits.clone()
+        if self.bias is not None:
+            x += self.bias
+        if self.in_prompt is not None:
+            seen = self.in_prompt | (self.counts > 0)
+            # Dividing a negative logit would raise it: vLLM (after CTRL) multiplies those instead.
+            x = torch.where(seen, torch.where(x > 0, x / p.repetition_penalty, x * p.repetition_penalty), x)
+        if p.presence_penalty or p.frequency_penalty:
+            x -= p.presence_penalty * (self.counts > 0).float() + p.frequency_penalty * self.counts
+        return x
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """[V] penalized logits -> [V] the distribution a token is drawn from (temperature > 0)."""
+        p = self.params
+        x = x / p.temperature
+        if p.min_p > 0:
+            probs = torch.softmax(x, dim=-1)
+            x = x.masked_fill(probs < p.min_p * probs.max(), float("-inf"))
+        if p.top_k:
+            kth = torch.topk(x, min(p.top_k, x.numel())).values[-1]
+            x = x.masked_fill(x < kth, float("-inf"))
+        if p.top_p < 1:
+            sorted_x, order = torch.sort(x, descending=True)
+            probs = torch.softmax(sorted_x, dim=-1)
+            drop = probs.cumsum(-1) - probs > p.top_p  # keep the smallest prefix with mass >= top_p
+            x[order[drop]] = float("-inf")
+        return torch.softmax(x, dim=-1)
+
     def sample(self, logits: torch.Tensor) -> SampledToken:
         """logits: [V] float32."""
         p = self.params
         raw = logits
-        x = logits.clone()
-        if self.bias is not None:
-            x += self.bias
-        if p.presence_penalty or p.frequency_penalty:
-            x -= p.presence_penalty * (self.counts > 0).float() + p.frequency_penalty * self.counts
+        x = self.penalized(logits)
         if p.temperature == 0:
             token = int(torch.argmax(x))
         else:
-            x = x / p.temperature
-            if p.top_k:
-                kth = torch.topk(x, min(p.top_k, x.numel())).values[-1]
-                x = x.masked_fill(x < kth, float("-inf"))
-            if p.top_p < 1:
-                sorted_x, order = torch.sort(x, descending=True)
-                probs = torch.softmax(sorted_x, dim=-1)
-                drop = probs.cumsum(-1) - probs > p.top_p  # keep the smallest prefix with mass >= top_p
-                x[order[drop]] = float("-inf")
-            token = int(torch.multinomial(torch.softmax(x, dim=-1), 1, generator=self.generator))
+            token = int(torch.multinomial(self.probabilities(x), 1, generator=self.generator))
         self.counts[token] += 1
         out = SampledToken(token)
         if p.logprobs is not None:

@@ -58,6 +58,21 @@ class ResponseFormat(OpenAIRequest):
     type: str = "text"
 
 
+# Sampling extensions other servers (vLLM, llama.cpp, TGI) accept that this one does not implement,
+# each with the value that means what this server does anyway: that value (or null) is accepted,
+# any other is a 400 naming the field, so no sampling field is silently ignored.
+UNSUPPORTED_EXTENSIONS: dict[str, object] = {
+    "min_tokens": 0, "use_beam_search": False, "length_penalty": 1.0, "early_stopping": False,
+    "include_stop_str_in_output": False, "skip_special_tokens": True, "spaces_between_special_tokens": True,
+    "bad_words": [], "allowed_token_ids": [], "prompt_logprobs": 0, "truncate_prompt_tokens": 0,
+    "logits_processors": [], "typical_p": 1.0, "top_a": 0.0, "tfs": 1.0, "mirostat": 0,
+    "dynatemp_range": 0.0, "xtc_probability": 0.0, "dry_multiplier": 0.0, "top_n_sigma": -1.0,
+    "repeat_penalty": 1.0, "n_probs": 0,
+    "guided_json": None, "guided_regex": None, "guided_choice": None, "guided_grammar": None,
+    "structured_outputs": None, "grammar": None, "json_schema": None,
+}
+
+
 class SamplingFields(OpenAIRequest):
     """Parameters shared by /v1/chat/completions and /v1/completions."""
 
@@ -76,6 +91,9 @@ class SamplingFields(OpenAIRequest):
     user: str | None = None  # accepted and ignored
     # extensions (as vLLM)
     top_k: int | None = Field(None, ge=-1)  # -1 or 0: no top-k cut
+    min_p: float | None = Field(None, ge=0.0, le=1.0)  # drop tokens below min_p * the top probability
+    repetition_penalty: float | None = Field(None, gt=0.0)  # on prompt + output tokens; 1: off
+    stop_token_ids: list[int] | None = None  # generation also ends after one of these tokens
     ignore_eos: bool = False  # keep generating past EOS (benchmarks, fixed-length tests)
 
     @field_validator("logit_bias")
@@ -95,6 +113,13 @@ class SamplingFields(OpenAIRequest):
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
         return self
+
+    def refused_extension(self) -> str | None:
+        """The first vLLM-style extra field set to a value this server would not honour."""
+        for name, value in (self.model_extra or {}).items():
+            if name in UNSUPPORTED_EXTENSIONS and value is not None and value != UNSUPPORTED_EXTENSIONS[name]:
+                return name
+        return None
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

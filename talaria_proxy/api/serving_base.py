@@ -97,6 +97,9 @@ class OpenAIServing:
             raise invalid(f"n must be at most {self.config.max_n} on this server, got {request.n}", param="n")
         if self.tokenizer is None:
             raise invalid("this model was published without a tokenizer; text requests are unavailable")
+        refused = request.refused_extension()
+        if refused is not None:
+            raise invalid(f"{refused} is not supported by this server", param=refused)
 
     # -- submission -------------------------------------------------------------------------
     def sampling_params(self, request: SamplingFields, prompt_len: int, token_cap: int | None,
@@ -120,6 +123,9 @@ class OpenAIServing:
             logit_bias=request.logit_bias_ids(),
             ignore_eos=request.ignore_eos,
             logprobs=logprobs,
+            min_p=request.min_p or 0.0,
+            repetition_penalty=1.0 if request.repetition_penalty is None else request.repetition_penalty,
+            stop_token_ids=list(request.stop_token_ids or []),
         )
 
     def start_batch(self, ctx: RequestContext, request: SamplingFields, prompts: list[list[int]],
