@@ -1,155 +1,97 @@
-"""The masked-linear service: y~ = x~ W + b for every op, and the public ReMO recovery tensors.
+"""The linear service: the one door to the weights. Op and shape checks, recording, then the
+kernel of the cloud's scheme (kernels.py: `remo` float kernels, `pad` ring kernel and dealer).
 
-ReMO, cloud half: for each op the public basis M_pub [m, d_in] comes from the manifest seed and
-R_pub = M_pub W [m, d_out] is computed once and handed to the CVM, which recovers
-    y = y~ - M_pvt R_pub = (x + M_pvt M_pub) W + b - M_pvt M_pub W = x W + b.
-Precision modes (`compute`):
-  float64  x~ W in float64 (weights stored in float64).
-  mixed    (default) float64 on the wire; the cloud splits x~ along the public basis B = M_pub:
-               c = x~ B^T,   x_perp = x~ - c B,   y~ = x_perp W  (float32)  +  c R_pub  (float64)
-           Since the mask lies in span(B), x_perp = x - (x B^T) B carries no mask and has the size
-           of x, so the float32 GEMM rounds like plain float32 inference; the mask-sized part goes
-           through the float64 m x d_out product. Weights stay float32 (half the memory traffic).
-  float32  x~ W in float32 on a float32 wire: with masks much larger than the signal the rounding
-           error scales with the mask (measurement only; see results/precision).
-The split uses nothing but what the cloud already knows (B is public), so it leaks nothing new.
-
-Reply (`reply`):
-  full       y~ = x~ W + b as above; the CVM subtracts M_pvt R_pub.
-  projected  (default) the cloud answers only the complement part z = x_perp W + b, in the weight
-             dtype (float32 under mixed: half the bytes); the CVM, which knows x, adds
-             (x B^T) R_pub itself. The mask never reaches the product, the cloud skips the m x d_out
-             term, and the CVM can compute its term while the cloud computes z.
+Every process serves one scheme, named in its manifest; the proxy's scheme must match it
+(`none` and `remo` use a remo cloud, `pad` a pad cloud, both as compute cloud and as dealer).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import time
 from pathlib import Path
 
 import torch
 
 from cloud_backend.checkpoint import PreparedModel
+from cloud_backend.kernels import Kernel, LinearCallError, kernel_class
 from cloud_backend.recorder import CallRecorder
-from talaria_wire import PROTOCOL_VERSION, Manifest, MaskingSpec, OpKey, OpSpec, public_basis
+from talaria_wire import PROTOCOL_VERSION, Manifest, OpKey, OpSpec
 from talaria_wire.ops import all_op_keys
-from talaria_wire.tensors import dtype_name
 
-log = logging.getLogger(__name__)
-
-
-class LinearCallError(ValueError):
-    """A call the service refuses: unknown op, wrong shape or dtype. Maps to a 4xx."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-def resolve_ranks(model: PreparedModel, default_rank: int, overrides: dict[str, int] | None) -> dict[str, int]:
-    """Rank m per op: `overrides` may name an op kind ('qkv', 'lm_head') or one op ('3.qkv')."""
-    overrides = overrides or {}
-    ranks = {}
-    for key in all_op_keys(model.arch.num_layers):
-        d_in = model.ops[key.name].weight.shape[0]
-        m = overrides.get(key.name, overrides.get(key.op, default_rank))
-        ranks[key.name] = min(int(m), d_in - 1)  # m < d_in, else R_pub would reveal W
-    return ranks
+__all__ = ["LinearCallError", "MaskedLinearService"]
 
 
 class MaskedLinearService:
-    def __init__(
-        self,
-        model: PreparedModel,
-        *,
-        basis_seed: int = 0,
-        wire_dtype: torch.dtype = torch.float64,
-        default_rank: int = 64,
-        rank_overrides: dict[str, int] | None = None,
-        record_dir: str | Path | None = None,
-        reply: str = "projected",
-    ):
+    def __init__(self, model: PreparedModel, *, scheme: str = "remo", record_dir: str | Path | None = None,
+                 max_rows: int | None = None, **kernel_options):
         self.model = model
-        weight_dtype = next(iter(model.ops.values())).weight.dtype
-        # mixed: float32 weights, float64 wire; otherwise the wire carries the weights' dtype
-        self.mixed = weight_dtype == torch.float32 and wire_dtype == torch.float64
-        if not self.mixed and wire_dtype != weight_dtype:
-            raise ValueError(f"wire dtype {wire_dtype} needs float64 or float32 weights, got {weight_dtype}")
-        if reply not in ("full", "projected"):
-            raise ValueError(f"reply must be 'full' or 'projected', got {reply!r}")
-        self.projected = reply == "projected"
-        dtype = wire_dtype
-        self.dtype = dtype
-        self.reply_dtype = weight_dtype if self.projected else dtype
-        self.ranks = resolve_ranks(model, default_rank, rank_overrides)
-        self.bases: dict[str, torch.Tensor] = {}
-        self.recovery: dict[str, torch.Tensor] = {}
-        self._basis_dev: dict[str, torch.Tensor] = {}
-        self._recovery_dev: dict[str, torch.Tensor] = {}
-        t0 = time.monotonic()
-        keys = all_op_keys(model.arch.num_layers)
-        for n, key in enumerate(keys, 1):
-            w = model.ops[key.name].weight  # [d_in, d_out]
-            basis = public_basis(basis_seed, key.name, self.ranks[key.name], w.shape[0])  # [m, d_in]
-            self.bases[key.name] = basis
-            recovery = basis.to(w.device, dtype) @ w.to(dtype)  # R_pub: [m, d_out]
-            self.recovery[key.name] = recovery.cpu()
-            if self.mixed or self.projected:  # kept on the device for the split GEMM
-                self._basis_dev[key.name] = basis.to(w.device, dtype)
-                self._recovery_dev[key.name] = recovery
-            if n % 16 == 0 or n == len(keys):
-                log.info("recovery tensors %d/%d (%.1fs)", n, len(keys), time.monotonic() - t0)
-        fingerprint_src = f"{model.weights_digest}:{basis_seed}:{sorted(self.ranks.items())}:{dtype}:{self.mixed}:{reply}"
+        shapes = {k.name: (model.ops[k.name].weight.shape, model.ops[k.name].bias is not None)
+                  for k in all_op_keys(model.arch.num_layers)}
+        self.kernel: Kernel = kernel_class(scheme)(model, **kernel_options)
+        self.scheme = scheme
+        self.max_rows = max_rows
+        kernel = self.kernel
+        fingerprint_src = f"{model.weights_digest}:{scheme}:{kernel.fingerprint_source()}"
         self.manifest = Manifest(
             protocol=PROTOCOL_VERSION,
             model_name=model.name,
+            scheme=scheme,
             fingerprint=hashlib.sha256(fingerprint_src.encode()).hexdigest()[:16],
-            wire_dtype=dtype_name(dtype),
-            reply=reply,
-            reply_dtype=dtype_name(self.reply_dtype),
             arch=model.arch,
-            ops=[
-                OpSpec(
-                    name=k.name,
-                    d_in=model.ops[k.name].weight.shape[0],
-                    d_out=model.ops[k.name].weight.shape[1],
-                    bias=model.ops[k.name].bias is not None,
-                    rank=self.ranks[k.name],
-                )
-                for k in keys
-            ],
-            masking=MaskingSpec(basis_seed=basis_seed),
+            ops=[OpSpec(name=name, d_in=shape[0], d_out=shape[1], bias=bias, **kernel.op_fields(name))
+                 for name, (shape, bias) in shapes.items()],
+            **kernel.manifest_fields(),
         )
-        self.recorder = CallRecorder(record_dir, self.manifest, self.bases) if record_dir else None
+        self._d_out = {name: shape[1] for name, (shape, _) in shapes.items()}
+        public = {op: self.public(op) for op in shapes}
+        self.recorder = CallRecorder(record_dir, self.manifest, public) if record_dir else None
         self.calls = 0
 
-    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """y~ = x~ W (+ b) for op `name` (projected reply: x_perp W + b); x: [N, d_in] in the wire dtype."""
-        op = self.model.ops.get(name)
-        if op is None:
+    # ReMO's public tensors by name (tests, the in-process transport)
+    @property
+    def bases(self) -> dict[str, torch.Tensor]:
+        return getattr(self.kernel, "bases", {})
+
+    @property
+    def recovery(self) -> dict[str, torch.Tensor]:
+        return getattr(self.kernel, "recovery", {})
+
+    def public(self, name: str) -> dict[str, torch.Tensor]:
+        self._op(name)
+        return self.kernel.public(name)
+
+    def _op(self, name: str):
+        if name not in self._d_out:
             raise LinearCallError(f"unknown op {name!r}; expected '<layer>.<qkv|o|gate_up|down>' or 'lm_head'", 404)
-        if x.dtype != self.dtype:
-            raise LinearCallError(f"op {name}: dtype {x.dtype} not accepted; this service computes in {self.dtype}")
-        if x.dim() != 2 or x.shape[1] != op.weight.shape[0]:
-            raise LinearCallError(f"op {name}: expected x of shape [N, {op.weight.shape[0]}], got {list(x.shape)}")
-        if not torch.isfinite(x).all():
-            raise LinearCallError(f"op {name}: x contains NaN or Inf")
+
+    def _check_rows(self, name: str, rows: int) -> None:
+        if self.max_rows is not None and rows > self.max_rows:
+            raise LinearCallError(f"op {name}: {rows} rows is over this cloud's limit of {self.max_rows} per call", 413)
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The kernel's answer for op `name`; x: [N, input_dim] in the scheme's input dtype."""
+        self._op(name)
+        kernel = self.kernel
+        if x.dtype != kernel.input_dtype:
+            raise LinearCallError(f"op {name}: dtype {x.dtype} not accepted; this {self.scheme} cloud takes {kernel.input_dtype}")
+        d = kernel.input_dim(name)
+        if x.dim() != 2 or x.shape[1] != d:
+            raise LinearCallError(f"op {name}: expected x of shape [N, {d}], got {list(x.shape)}")
+        self._check_rows(name, x.shape[0])
+        kernel.check(name, x)
         if self.recorder is not None:
             self.recorder.record(OpKey.parse(name), x)
         self.calls += 1
-        w = op.weight
-        x = x.to(w.device)
-        if self.mixed or self.projected:
-            basis = self._basis_dev[name]  # [m, d_in] orthonormal rows, in the wire dtype like x
-            coords = x @ basis.T  # c: [N, m]
-            x_perp = torch.addmm(x, coords, basis, alpha=-1)  # x~ - c B: [N, d_in], mask-free
-            y = x_perp.to(w.dtype) @ w  # [N, d_out]
-            if not self.projected:  # full reply: add the basis part c R_pub in the wire dtype
-                y = torch.addmm(y.to(x.dtype), coords, self._recovery_dev[name])  # R_pub is in the wire dtype
-        else:
-            y = x @ w  # [N, d_out]
-        if op.bias is not None:
-            y += op.bias.to(y.dtype)
-        return y.cpu()
+        return kernel.linear(name, x)
+
+    def dealer_pads(self, name: str, seed: bytes, rows: int) -> torch.Tensor:
+        """The dealer's answer: r W_bar mod t [rows, d_out] for the pad `seed` stands for (pad clouds only)."""
+        self._op(name)
+        if self.scheme != "pad":
+            raise LinearCallError(f"this cloud serves scheme {self.scheme!r}; pads come from a pad cloud", 404)
+        if rows < 1:
+            raise LinearCallError(f"op {name}: rows must be >= 1, got {rows}")
+        self._check_rows(name, rows)
+        if self.recorder is not None:
+            self.recorder.record_seed(OpKey.parse(name), seed, rows)
+        return self.kernel.dealer_pads(name, seed, rows)

@@ -22,6 +22,10 @@ class CloudSettings(BaseSettings):
                                      "socket over TLS (with ssl_keyfile)")
     ssl_keyfile: str | None = Field(None, description="PEM private key of ssl_certfile (both or neither)")
     device: str = Field("cpu", description="torch device for the weights and GEMMs, e.g. cuda:0")
+    scheme: Literal["remo", "pad"] = Field(
+        "remo", description="what linear calls compute: remo (ReMO float kernels, the paper's scheme; the "
+                            "proxy's remo and none) or pad (the exact ring kernel and the pad dealer; the "
+                            "proxy's pad scheme, as compute cloud or as dealer)")
     compute_dtype: Literal["mixed", "float64", "float32"] = Field(
         "mixed", description="mixed: float64 wire, float32 GEMM on the mask-free complement of the public basis "
                              "+ float64 on the basis (lossless like float32 inference); float64: everything "

@@ -6,7 +6,7 @@ public ReMO basis from its seed (both sides must build the same M_pub bit for bi
 """
 
 from talaria_wire.basis import public_basis
-from talaria_wire.manifest import ArchSpec, Manifest, MaskingSpec, OpSpec
+from talaria_wire.manifest import ArchSpec, Manifest, MaskingSpec, OpSpec, RingSpec
 from talaria_wire.ops import BLOCK_OPS, LM_HEAD, OpKey
 from talaria_wire.tensors import WireFormatError, decode_tensors, encode_tensors
 
@@ -21,6 +21,7 @@ __all__ = [
     "MaskingSpec",
     "OpKey",
     "OpSpec",
+    "RingSpec",
     "WireFormatError",
     "decode_tensors",
     "encode_tensors",

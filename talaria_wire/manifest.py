@@ -44,7 +44,9 @@ class OpSpec(BaseModel):
     d_in: int
     d_out: int
     bias: bool
-    rank: int  # ReMO rank m of this op's public basis (0 < m < d_in)
+    rank: int | None = None  # remo: rank m of this op's public basis (0 < m < d_in)
+    w_norm_bits: int | None = None  # pad: ceil(log2 max_j ||W_bar_j||), the bound x_bar is scaled against
+    pad_dim: int | None = None  # pad: columns of x_bar and of the pads (d_in, plus 1 for a folded bias)
 
 
 class MaskingSpec(BaseModel):
@@ -54,9 +56,19 @@ class MaskingSpec(BaseModel):
     basis: str = "orthonormal-gaussian-v1"  # see talaria_wire.basis
 
 
+class RingSpec(BaseModel):
+    """Public parameters of the `pad` scheme (see talaria_wire/ring.py): residues mod t on the wire."""
+
+    modulus: int  # t
+    primes: list[int]  # t = primes[0] * primes[1]
+    w_bits: int  # |W_bar| <= 2^w_bits
+    fixed_point: str = "col-exp-v1"  # W_bar = round([W; b] 2^g_j), g_j from GET /v1/public/{op}
+
+
 class Manifest(BaseModel):
     protocol: str
     model_name: str
+    scheme: Literal["remo", "pad"] = "remo"  # the cloud's kernel: ReMO float GEMMs or the exact ring
     fingerprint: str  # changes whenever weights, basis or ranks change; sent on every response
     wire_dtype: str  # dtype of x~ on the wire (float64 keeps the mask's rounding off the signal)
     # 'full': the cloud answers y~ = x~ W + b; 'projected': z = (x~ - (x~ B^T) B) W + b with B = M_pub,
@@ -65,7 +77,8 @@ class Manifest(BaseModel):
     reply_dtype: str | None = None  # dtype of the answer (None: wire_dtype)
     arch: ArchSpec
     ops: list[OpSpec]
-    masking: MaskingSpec
+    masking: MaskingSpec | None = None  # remo
+    ring: RingSpec | None = None  # pad
 
     @property
     def answer_dtype(self) -> str:

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
-WIRE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+WIRE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}  # int64: ring residues
 MEDIA_TYPE = "application/octet-stream"
 
 
