@@ -14,6 +14,12 @@ encoded on this thread, and nowhere else:
   with a selector and serves each call inline, so a call costs no thread hop;
 - REST and WebSocket calls, and anything else, are submitted (`submit` / `run`) and wake it
   through a socket pair.
+
+Because this one thread serves everyone, it never waits on a socket: adopted connections are
+non-blocking, a `Connection` takes what has arrived and says whether it has a whole request yet,
+writes what the socket accepts and keeps the rest, and carries a deadline for the request or
+answer in progress. A peer that sends one byte a second costs a few microseconds a second and is
+cut off at its deadline; everyone else is served in between.
 """
 
 from __future__ import annotations
@@ -25,12 +31,29 @@ import queue
 import selectors
 import socket
 import threading
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Protocol
 
 log = logging.getLogger(__name__)
 
-# serve(sock) answers one request that is waiting on sock; False: drop the connection
-Serve = Callable[[socket.socket], bool]
+
+class Connection(Protocol):
+    """An adopted, non-blocking connection; every method runs on the compute thread and returns
+    at once. `readable`/`writable` return False to have the connection dropped (and closed)."""
+
+    sock: socket.socket
+
+    def readable(self) -> bool: ...  # bytes arrived: take them, answer a request that is complete
+
+    def writable(self) -> bool: ...  # the socket accepts bytes again: send more of the answer
+
+    @property
+    def wants_write(self) -> bool: ...  # an answer is waiting to go out (then nothing is read)
+
+    @property
+    def deadline(self) -> float | None: ...  # time.monotonic() by which the work in progress must end
+
+    def buffered(self) -> bool: ...  # readable bytes the selector cannot see (decrypted TLS)
 
 
 class ComputeThread:
@@ -43,6 +66,7 @@ class ComputeThread:
         self._lock = threading.Lock()  # a job is either queued before shutdown drains, or refused
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._ready: set[Connection] = set()  # connections with buffered TLS bytes to serve
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.ident: int | None = None
@@ -83,12 +107,12 @@ class ComputeThread:
         """`submit` for coroutines: await the result without blocking the event loop."""
         return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
-    def adopt(self, sock: socket.socket, serve: Serve) -> None:
-        """Hand a connection to the compute thread: `serve(sock)` runs on it whenever sock is
-        readable (or holds buffered TLS data); it closes sock when serve returns False or raises.
-        Give sock a timeout: a peer that stalls mid-request holds up every connection."""
-        future = self.submit(self._register, sock, serve)
-        future.add_done_callback(lambda f: f.exception() is not None and sock.close())  # refused: not leaked
+    def adopt(self, conn: Connection) -> None:
+        """Hand a non-blocking connection to the compute thread; it calls conn.readable() or
+        conn.writable() when the socket is ready and closes it once either returns False, raises,
+        or conn.deadline passes."""
+        future = self.submit(self._register, conn)
+        future.add_done_callback(lambda f: f.exception() is not None and conn.sock.close())  # refused: not leaked
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the job at hand, fail queued ones, close adopted connections, end the thread."""
@@ -108,40 +132,61 @@ class ComputeThread:
 
     # ---- on the compute thread ---------------------------------------------------------------
 
-    def _register(self, sock: socket.socket, serve: Serve) -> None:
-        self._selector.register(sock, selectors.EVENT_READ, serve)
-        self._serve_buffered(sock, serve)  # TLS may already hold the first call's bytes
+    def _register(self, conn: Connection) -> None:
+        conn.sock.setblocking(False)
+        self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+        if conn.buffered():  # TLS may already hold the first call's bytes
+            self._ready.add(conn)
 
-    def _drop(self, sock: socket.socket) -> None:
+    def _drop(self, conn: Connection) -> None:
+        self._ready.discard(conn)
         try:
-            self._selector.unregister(sock)
+            self._selector.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
         try:
-            sock.close()
+            conn.sock.close()
         except OSError:
             pass
 
-    def _serve(self, sock: socket.socket, serve: Serve) -> None:
-        if self._serve_once(sock, serve):
-            self._serve_buffered(sock, serve)
-
-    def _serve_buffered(self, sock: socket.socket, serve: Serve) -> None:
-        # a TLS socket may have decrypted the next request already: select() would not see it
-        pending = getattr(sock, "pending", None)
-        while pending is not None and sock.fileno() >= 0 and pending() > 0:
-            if not self._serve_once(sock, serve):
-                return
-
-    def _serve_once(self, sock: socket.socket, serve: Serve) -> bool:
+    def _serve(self, conn: Connection, mask: int) -> None:
         try:
-            keep = serve(sock)
-        except Exception:  # serve answers what it can; anything escaping it ends the connection
+            keep = True
+            if mask & selectors.EVENT_WRITE:
+                keep = conn.writable()
+            if keep and mask & selectors.EVENT_READ and not conn.wants_write:
+                keep = conn.readable()
+        except Exception:  # a connection answers what it can; anything escaping it ends the connection
             log.exception("compute thread: connection handler failed; closing the connection")
             keep = False
         if not keep:
-            self._drop(sock)
-        return keep
+            self._drop(conn)
+            return
+        events = selectors.EVENT_WRITE if conn.wants_write else selectors.EVENT_READ
+        if self._selector.get_key(conn.sock).events != events:
+            self._selector.modify(conn.sock, events, conn)
+        if events == selectors.EVENT_READ and conn.buffered():
+            self._ready.add(conn)  # select() would not see it
+        else:
+            self._ready.discard(conn)
+
+    def _connections(self) -> list[Connection]:
+        return [key.data for key in self._selector.get_map().values() if key.data is not None]
+
+    def _timeout(self) -> float | None:
+        """Seconds select() may sleep: 0 with buffered TLS bytes, else until the nearest deadline."""
+        if self._ready:
+            return 0.0
+        deadlines = [d for d in (conn.deadline for conn in self._connections()) if d is not None]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for conn in self._connections():
+            deadline = conn.deadline
+            if deadline is not None and deadline <= now:
+                log.info("compute thread: a connection missed its deadline mid-request; closing it")
+                self._drop(conn)
 
     def _run_jobs(self) -> None:
         try:
@@ -169,18 +214,21 @@ class ComputeThread:
         torch.set_num_threads(self.threads or torch.get_num_threads())
         try:
             while not self._stopping:
-                for key, _ in self._selector.select():
+                for key, mask in self._selector.select(self._timeout()):
                     if key.data is None:
                         self._run_jobs()
                     elif not self._stopping:
-                        self._serve(key.fileobj, key.data)
+                        self._serve(key.data, mask)
+                for conn in list(self._ready):
+                    if not self._stopping and conn in self._ready:
+                        self._serve(conn, selectors.EVENT_READ)
+                self._expire()
         finally:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        for key in list(self._selector.get_map().values()):
-            if key.data is not None:
-                self._drop(key.fileobj)
+        for conn in self._connections():
+            self._drop(conn)
         with self._lock:
             self._stopping = True  # also when the loop itself failed
         while True:

@@ -21,7 +21,11 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -32,6 +36,9 @@ BYTES = 0
 DTYPE_CODES = {torch.float32: 1, torch.float64: 2}
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 MAX_PAYLOAD = 1 << 31  # 2 GiB: anything larger is a corrupt header, not a call
+HELLO_MAX_BYTES = 4096  # a HELLO carries one small JSON object: anything larger is refused unread
+# bytes per element of each tensor dtype code, from torch itself (new codes need no edit here)
+ITEMSIZE = {code: torch.empty((), dtype=dtype).element_size() for code, dtype in CODE_DTYPES.items()}
 
 
 class FrameError(ValueError):
@@ -42,21 +49,21 @@ class PeerClosed(ConnectionError):
     """The other side closed the connection (at a frame boundary or inside one)."""
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytearray:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
-            raise PeerClosed("connection closed by peer")
-        got += k
-    return buf
-
-
 def send_frame(sock: socket.socket, kind: int, op: int = 0, tensor: torch.Tensor | None = None,
                payload: bytes = b"") -> None:
     """Send one frame: a 2-D tensor (CALL, REPLY) or raw bytes (HELLO, ERROR)."""
+    header, body = encode_frame(kind, op, tensor, payload)
+    if len(body) <= 65536:  # one segment for small frames
+        sock.sendall(header + body.tobytes())
+    else:
+        sock.sendall(header)
+        sock.sendall(body)
+
+
+def encode_frame(kind: int, op: int = 0, tensor: torch.Tensor | None = None,
+                 payload: bytes = b"") -> tuple[bytes, memoryview]:
+    """One frame as (header, body) without sending it: for writers on non-blocking sockets.
+    The body views the tensor's memory, so it stays valid while the view is held."""
     if tensor is not None:
         t = tensor.detach().to("cpu").contiguous()
         if t.dim() != 2 or t.dtype not in DTYPE_CODES:
@@ -66,31 +73,145 @@ def send_frame(sock: socket.socket, kind: int, op: int = 0, tensor: torch.Tensor
     else:
         header = HEADER.pack(MAGIC, kind, BYTES, op, len(payload), 1)
         body = memoryview(payload)
-    if len(body) <= 65536:  # one segment for small frames
-        sock.sendall(header + body.tobytes())
-    else:
-        sock.sendall(header)
-        sock.sendall(body)
+    return header, body
 
 
-def recv_frame(sock: socket.socket) -> tuple[int, int, torch.Tensor | bytes]:
-    """Read one frame -> (kind, op, tensor or bytes). Raises FrameError or PeerClosed."""
-    magic, kind, dtype_code, op, rows, cols = HEADER.unpack(_recv_exact(sock, HEADER.size))
+@dataclass(frozen=True)
+class FrameHeader:
+    kind: int
+    dtype_code: int  # BYTES or a key of CODE_DTYPES (checked by decode_header)
+    op: int
+    rows: int
+    cols: int
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return CODE_DTYPES.get(self.dtype_code)
+
+    @property
+    def payload_size(self) -> int:
+        if self.dtype_code == BYTES:
+            return self.rows
+        return self.rows * self.cols * ITEMSIZE[self.dtype_code]
+
+
+def decode_header(raw: bytes | bytearray) -> FrameHeader:
+    """16 header bytes -> FrameHeader; FrameError for a wrong magic or an unknown dtype code."""
+    magic, kind, dtype_code, op, rows, cols = HEADER.unpack(raw)
     if magic != MAGIC:
         raise FrameError(f"bad frame magic {bytes(magic)!r}; is this a talaria frame socket?")
-    if dtype_code == BYTES:
-        if rows > MAX_PAYLOAD:
-            raise FrameError(f"frame payload of {rows} bytes is over the limit")
-        return kind, op, bytes(_recv_exact(sock, rows))
-    dtype = CODE_DTYPES.get(dtype_code)
-    if dtype is None:
+    if dtype_code != BYTES and dtype_code not in CODE_DTYPES:
         raise FrameError(f"unknown frame dtype code {dtype_code}")
-    size = rows * cols * (8 if dtype == torch.float64 else 4)
-    if size > MAX_PAYLOAD:
-        raise FrameError(f"frame of {rows} x {cols} is over the limit")
-    if size == 0:
-        return kind, op, torch.empty(rows, cols, dtype=dtype)
-    return kind, op, torch.frombuffer(_recv_exact(sock, size), dtype=dtype).view(rows, cols)
+    return FrameHeader(kind, dtype_code, op, rows, cols)
+
+
+def max_payload_check(limit: int = MAX_PAYLOAD) -> Callable[[FrameHeader], None]:
+    """The default header check: any frame whose payload fits in `limit` bytes."""
+    def check(header: FrameHeader) -> None:
+        if header.payload_size > limit:
+            raise FrameError(f"frame payload of {header.payload_size} bytes ({header.rows} x {header.cols}) "
+                             f"is over the limit of {limit}")
+    return check
+
+
+class FrameReader:
+    """Reads frames from a socket as their bytes arrive; one reader per connection.
+
+    `read(sock)` returns a complete frame, or None when a non-blocking socket has no more bytes
+    for now (call again when it is readable; what arrived is kept). On a blocking socket it
+    returns only once the frame is complete, and `deadline` (time.monotonic()) bounds the whole
+    frame, not each recv. `check(header)` runs before any payload buffer exists and raises
+    FrameError for a frame the reader must not accept (size limits, kinds).
+
+    grow: allocate the payload buffer as bytes arrive (at most twice what arrived, or 64 KiB),
+    so a peer that claims a large frame and then stalls holds only what it sent. Off: one
+    buffer of the checked size at once (a peer we trust: the proxy reading the cloud's replies).
+    """
+
+    INITIAL_BUFFER = 1 << 16
+
+    def __init__(self, check: Callable[[FrameHeader], None] | None = None, grow: bool = False):
+        self.check = check or max_payload_check()
+        self.grow = grow
+        self.started: float | None = None  # time.monotonic() at the current frame's first byte
+        self._reset()
+
+    def _reset(self) -> None:
+        self._head = bytearray(HEADER.size)
+        self._got = 0  # bytes of the header, then of the payload, read so far
+        self._header: FrameHeader | None = None
+        self._buf = bytearray()
+        self.started = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buf)
+
+    def read(self, sock: socket.socket, deadline: float | None = None) -> tuple[int, int, torch.Tensor | bytes] | None:
+        while True:
+            if self._header is None:
+                view, want = memoryview(self._head)[self._got:], HEADER.size - self._got
+            else:
+                size = self._header.payload_size
+                if self._got == size:
+                    return self._finish()
+                if self._got == len(self._buf):  # full: grow towards the frame's size
+                    self._buf = self._grown(size)
+                view, want = memoryview(self._buf)[self._got:], len(self._buf) - self._got
+            k = self._recv(sock, view, want, deadline)
+            if k is None:
+                return None
+            if self.started is None:
+                self.started = time.monotonic()
+            self._got += k
+            if self._header is None and self._got == HEADER.size:
+                header = decode_header(self._head)
+                self.check(header)
+                self._header, self._got = header, 0
+                if not self.grow:
+                    self._buf = bytearray(header.payload_size)
+
+    def _grown(self, size: int) -> bytearray:
+        new = bytearray(min(size, max(self.INITIAL_BUFFER, 2 * len(self._buf))))
+        new[:self._got] = self._buf[:self._got]
+        return new
+
+    @staticmethod
+    def _recv(sock: socket.socket, view: memoryview, want: int, deadline: float | None) -> int | None:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the frame did not arrive in time")
+            sock.settimeout(remaining)
+        try:
+            k = sock.recv_into(view, want)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return None
+        except socket.timeout:  # a blocking socket whose (total) time ran out
+            raise TimeoutError("the frame did not arrive in time") from None
+        if k == 0:
+            raise PeerClosed("connection closed by peer")
+        return k
+
+    def _finish(self) -> tuple[int, int, torch.Tensor | bytes]:
+        header, buf = self._header, self._buf
+        self._reset()
+        if header.dtype_code == BYTES:
+            return header.kind, header.op, bytes(buf)
+        if header.payload_size == 0:
+            return header.kind, header.op, torch.empty(header.rows, header.cols, dtype=header.dtype)
+        return header.kind, header.op, torch.frombuffer(buf, dtype=header.dtype).view(header.rows, header.cols)
+
+
+def recv_frame(sock: socket.socket, check: Callable[[FrameHeader], None] | None = None,
+               deadline: float | None = None) -> tuple[int, int, torch.Tensor | bytes]:
+    """Read one frame from a blocking socket -> (kind, op, tensor or bytes).
+
+    Raises FrameError, PeerClosed, or TimeoutError when `deadline` (time.monotonic()) passes."""
+    frame = FrameReader(check).read(sock, deadline)
+    if frame is None:
+        raise BlockingIOError("recv_frame needs a blocking socket; use FrameReader")
+    return frame
 
 
 def send_json(sock: socket.socket, kind: int, obj: dict, op: int = 0) -> None:

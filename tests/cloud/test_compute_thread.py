@@ -128,20 +128,35 @@ def test_jobs_return_results_and_errors_and_stop_refuses_new_work():
         c.call(lambda: 1)
 
 
+class OneByteConnection:
+    """The smallest `Connection`: reads one byte whenever the socket is readable."""
+
+    wants_write = False
+    deadline = None
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.served = threading.Event()
+
+    def readable(self) -> bool:  # keep the connection while bytes arrive
+        data = self.sock.recv(1)
+        self.served.set()
+        return bool(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def buffered(self) -> bool:
+        return False
+
+
 def test_adopted_sockets_close_when_the_thread_stops():
     c = ComputeThread(threads=1).start()
     ours, theirs = socket.socketpair()
-    ours.settimeout(5)
-    served = threading.Event()
-
-    def serve(s):  # keep the connection while bytes arrive
-        data = s.recv(1)
-        served.set()
-        return bool(data)
-
-    c.adopt(ours, serve)
+    conn = OneByteConnection(ours)
+    c.adopt(conn)
     theirs.sendall(b"x")
-    assert served.wait(5)  # read: closing now is a clean close, not a reset over unread bytes
+    assert conn.served.wait(5)  # read: closing now is a clean close, not a reset over unread bytes
     assert c.connections == 1
     c.stop()
     theirs.settimeout(5)
