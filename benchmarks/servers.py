@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.common import thread_env
-from talaria_cli.processes import ManagedProcess, free_port  # noqa: F401  (free_port re-exported)
+from talaria_base.processes import ManagedProcess, free_port  # noqa: F401  (free_port re-exported)
 
 
 class Server(ManagedProcess):

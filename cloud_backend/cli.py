@@ -47,7 +47,7 @@ def build_service(settings):
 def run(args: argparse.Namespace) -> int:
     from cloud_backend.settings import CloudSettings
     from talaria_base.flags import given_settings
-    from talaria_cli.config import ConfigError, exit_on_config_error, load_settings
+    from talaria_base.config import ConfigError, exit_on_config_error, load_settings
 
     try:
         settings = load_settings(CloudSettings, args.config, **given_settings(args, CloudSettings))

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from talaria_cli.processes import ManagedProcess, free_port
+from talaria_base.processes import ManagedProcess, free_port
 
 
 @dataclass

@@ -11,7 +11,7 @@ and its type follows the annotation:
     dict[str, X]                         repeatable KEY=VALUE, or one JSON object
 
 Every flag defaults to None ("not given"), so `given_settings` passes on only what the user typed
-and lower layers (YAML, environment, built-in defaults) decide the rest (see `load_settings`).
+and lower layers (YAML, environment, built-in defaults) decide the rest (`config.load_settings`).
 An annotation outside this list raises TypeError when the parser is built: the `--help` tests
 catch it before a user does.
 """

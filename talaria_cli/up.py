@@ -14,7 +14,7 @@ Lifecycle:
 The children run in their own sessions so that a terminal Ctrl-C reaches only this process,
 which then stops them in order: the proxy first, because its in-flight requests still need
 the cloud. Should `up` itself be killed outright, the children get SIGTERM from the kernel
-(Linux; see talaria_cli.processes) rather than running on.
+(Linux; see talaria_base.processes) rather than running on.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import sys
 import threading
 from pathlib import Path
 
-from talaria_cli.processes import ManagedProcess, NotReady
+from talaria_base.processes import ManagedProcess, NotReady
 from talaria_cli.tiny_model import ARCHS
 
 LOG_TAIL_LINES = 40  # lines of a dead child's output shown in the error
@@ -156,7 +156,7 @@ def _configured_model(config_file: str | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from cloud_backend.settings import CloudSettings
-    from talaria_cli.config import ConfigError, exit_on_config_error, load_settings
+    from talaria_base.config import ConfigError, exit_on_config_error, load_settings
     from talaria_proxy.settings import ProxySettings
 
     from talaria_cli.tiny_model import TinyModelError

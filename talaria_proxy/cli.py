@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from talaria_base.flags import given_settings
-    from talaria_cli.config import ConfigError, exit_on_config_error, load_settings
+    from talaria_base.config import ConfigError, exit_on_config_error, load_settings
     from talaria_proxy.settings import ProxySettings
 
     try:

@@ -1,14 +1,14 @@
 """Helpers to run real `talaria` servers in tests (import as `from support import ...`).
 
 Servers are started as subprocesses of `python -m talaria_cli.main`, exactly as a user runs
-them (`talaria_cli.processes`), with one torch thread each (see SUBPROCESS_ENV).
+them (`talaria_base.processes`), with one torch thread each (see SUBPROCESS_ENV).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from talaria_cli.processes import ManagedProcess, free_port  # noqa: F401  (free_port re-exported)
+from talaria_base.processes import ManagedProcess, free_port  # noqa: F401  (free_port re-exported)
 
 # The tiny test models are far too small for intra-op parallelism: with several threads the
 # OpenMP spin-waits of two processes on a 2-core machine make each op ~10x slower.

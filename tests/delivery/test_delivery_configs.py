@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cloud_backend.settings import CloudSettings
-from talaria_cli.config import ConfigError, load_settings
+from talaria_base.config import ConfigError, load_settings
 from talaria_proxy.settings import ProxySettings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,13 +13,14 @@ from pydantic import BaseModel, Field
 from cloud_backend import cli as cloud_cli
 from cloud_backend.settings import CloudSettings
 from talaria_base.flags import add_setting_flags, choices_of, given_settings
-from talaria_cli.config import load_settings
+from talaria_base.config import load_settings
 from talaria_proxy import cli as proxy_cli
 from talaria_proxy.settings import ProxySettings
 
 SIDES = {"proxy": (proxy_cli, ProxySettings), "cloud": (cloud_cli, CloudSettings)}
 
-# Flags as the README, the images, `talaria up`, the benchmarks and the tests pass them.
+# Flags as the README, the images, `talaria up`, the benchmarks and the tests pass them (the
+# fields that existed before flags were derived from the models; newer ones are covered below).
 PROXY_ARGV = ["--cloud", "https://c:8100", "--cloud-api-key", "ck", "--cloud-ca-file", "ca.pem",
               "--cloud-timeout", "5", "--cloud-transport", "websocket", "--cloud-wait", "0", "--host", "0.0.0.0",
               "--port", "9000", "--served-model-name", "m", "--scheme", "none", "--mask-scale", "2.5",
@@ -70,10 +71,10 @@ def test_every_field_has_exactly_one_flag(side):
                                                    ("cloud", CLOUD_ARGV, CLOUD_EXPECTED)])
 def test_existing_flag_names_reach_their_setting(side, argv, expected):
     cls = SIDES[side][1]
-    assert set(expected) == set(cls.model_fields), "the flag list above must cover every field"
     given = given_settings(parser_for(side).parse_args(argv), cls)
     assert given == expected
-    assert load_settings(cls, None, **given).model_dump() == expected
+    settings = load_settings(cls, None, **given).model_dump()
+    assert {k: settings[k] for k in expected} == expected
 
 
 @pytest.mark.parametrize("side", SIDES)

@@ -13,6 +13,8 @@ import pytest
 
 from talaria_cli.main import SUBCOMMANDS
 
+from .test_delivery_boundary import installed_packages, imported_modules, python_files
+
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = {"client": ("Dockerfile.client", "proxy", "8000"), "cloud": ("Dockerfile.cloud", "cloud", "8100")}
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.ckpt")
@@ -69,6 +71,28 @@ def test_copy_sources_exist_and_hold_no_weights(image):
             files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
             weights = [p for p in files if any(fnmatch.fnmatch(p.name, pat) for pat in WEIGHT_PATTERNS)]
             assert not weights, f"{kind}: COPY {src} would put weights into the image: {weights}"
+
+
+def first_party_closure(package: str) -> set[str]:
+    """`package` and every Talaria package it imports, directly or through another (any import
+    anywhere in a file counts, also inside functions)."""
+    ours, seen, todo = set(installed_packages()), set(), [package]
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo += [n.split(".")[0] for f in python_files(current) for n in imported_modules(f)
+                     if n.split(".")[0] in ours]
+    return seen
+
+
+def test_image_copies_every_package_its_side_imports(image):
+    """The served side's package, what it imports, and the `talaria` command must all be in the image."""
+    kind, instructions, subcommand, _ = image
+    side = SUBCOMMANDS[subcommand][0].split(".")[0]
+    copied = {s.rstrip("/").split("/")[-1] for op, args in instructions if op == "COPY" for s in copy_sources(args)}
+    needed = first_party_closure(side) | {"talaria_cli"}
+    assert needed <= copied, f"{kind}: the image lacks {sorted(needed - copied)}"
 
 
 def test_client_image_has_no_cloud_code():

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from talaria_cli.processes import free_port
+from talaria_base.processes import free_port
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="child processes are found through /proc")
 
