@@ -98,8 +98,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
     app = build_app(service, api_key=settings.api_key, frame_port=frames.port if frames else None, compute=compute)
     try:
+        from cloud_backend.limits import CallLimits
+
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-                    ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
+                    ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
+                    ws_max_size=CallLimits.of(service).body_bytes())  # one call of max_rows rows (limits.py)
     finally:
         if frames is not None:
             frames.stop()

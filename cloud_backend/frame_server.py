@@ -26,8 +26,9 @@ import threading
 import time
 
 from cloud_backend.compute import ComputeThread
+from cloud_backend.limits import CallLimits
 from cloud_backend.service import LinearCallError, MaskedLinearService
-from talaria_wire.frames import (BYTES, CALL, ERROR, HELLO, HELLO_MAX_BYTES, ITEMSIZE, REPLY, FrameError, FrameHeader,
+from talaria_wire.frames import (BYTES, CALL, ERROR, HELLO, HELLO_MAX_BYTES, REPLY, FrameError, FrameHeader,
                                  FrameReader, PeerClosed, configure, encode_frame, recv_frame, send_frame, send_json)
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ class FrameServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
     def __init__(self, service: MaskedLinearService, host: str, port: int, api_key: str | None = None,
-                 tls: ssl.SSLContext | None = None, compute: ComputeThread | None = None, max_rows: int = 8192):
+                 tls: ssl.SSLContext | None = None, compute: ComputeThread | None = None, max_rows: int | None = None):
         self.service = service
         self._own_compute = compute is None
         self.compute = compute or ComputeThread().start()
@@ -261,9 +262,8 @@ class FrameServer(socketserver.ThreadingTCPServer):
         self.api_key = api_key
         self.tls = tls  # server-side context: frames travel inside TLS
         self.op_names = [op.name for op in service.manifest.ops]
-        self.max_rows = max_rows
-        self.max_cols = max(op.d_in for op in service.manifest.ops)
-        self.max_call_bytes = max_rows * self.max_cols * max(ITEMSIZE.values())
+        limits = CallLimits.of(service, max_rows)  # max_rows: the service's unless given
+        self.max_rows, self.max_cols, self.max_call_bytes = limits.max_rows, limits.max_cols, limits.payload_bytes()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.address_family = family
         super().__init__((host, port), _Handler)

@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 
 from cloud_backend.compute import ComputeThread
+from cloud_backend.limits import CallLimits
 from cloud_backend.service import LinearCallError, MaskedLinearService
 from talaria_wire import WireFormatError, decode_tensors, encode_tensors
 from talaria_wire.tensors import MEDIA_TYPE, decode_metadata
@@ -39,6 +40,20 @@ FINGERPRINT_HEADER = "x-talaria-fingerprint"
 def _error(status: int, message: str, code: str) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
     return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it is over `limit` bytes (declared or received): never
+    more than `limit` bytes are held."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def build_app(service: MaskedLinearService, api_key: str | None = None, frame_port: int | None = None,
@@ -56,6 +71,7 @@ def build_app(service: MaskedLinearService, api_key: str | None = None, frame_po
 
     app = FastAPI(title="Talaria cloud backend", version=service.manifest.protocol, lifespan=lifespan)
     fingerprint = service.manifest.fingerprint
+    limits = CallLimits.of(service)  # rows and bytes of one call (limits.py); 413 beyond
     cvm_blob = compute.call(
         encode_tensors, service.model.cvm_params,
         metadata={"attention_scaling": repr(service.model.attention_scaling)},
@@ -106,7 +122,15 @@ def build_app(service: MaskedLinearService, api_key: str | None = None, frame_po
         await ws.accept(headers=[(FINGERPRINT_HEADER.encode(), fingerprint.encode())])
         try:
             while True:
-                blob = await ws.receive_bytes()
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                blob = message.get("bytes")
+                if blob is None or len(blob) > limits.body_bytes():
+                    status, reason = (400, "calls are binary messages") if blob is None else (
+                        413, f"a call message is at most {limits.body_bytes()} bytes ({limits.max_rows} rows)")
+                    await ws.send_json({"error": {"message": reason, "status": status}})
+                    continue
                 try:
                     tensors = decode_tensors(blob)
                     op = decode_metadata(blob).get("op", "")
@@ -123,7 +147,12 @@ def build_app(service: MaskedLinearService, api_key: str | None = None, frame_po
 
     @app.post("/v1/linear/{op}")
     async def linear(op: str, request: Request):
-        body = await request.body()
+        if op not in limits.widths:
+            return _error(404, f"unknown op {op!r}; expected '<layer>.<qkv|o|gate_up|down>' or 'lm_head'", "unknown_op")
+        body = await _bounded_body(request, limits.body_bytes(op))
+        if body is None:
+            return _error(413, f"a call to {op} is at most {limits.body_bytes(op)} bytes ({limits.max_rows} rows of "
+                               f"{limits.widths[op]} columns); split it", "too_large")
         try:
             tensors = decode_tensors(body)
             if set(tensors) != {"x"}:

@@ -39,6 +39,8 @@ class CloudSettings(BaseSettings):
     basis_seed: int = Field(0, description="seed of the public bases M_pub (public by design)")
     record_dir: str | None = Field(None, description="write every received call here (privacy audit input)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (unset: torch's default)")
+    max_rows: int = Field(8192, ge=1, description="rows per linear call on every transport (413 beyond); the byte "
+                                                  "limits of bodies, WebSocket messages and frames follow from it")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
 
     @model_validator(mode="after")

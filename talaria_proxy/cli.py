@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from talaria_proxy.api import build_app
+    from talaria_proxy.cloud_session import CloudSession
     from talaria_proxy.errors import CloudError
-    from talaria_proxy.linear_backend import HttpLinearBackend, wait_for_cloud
     from talaria_proxy.runtime import ProtocolMismatch, build_runtime
     from talaria_proxy.scheduler import SchedulerConfig
 
@@ -53,24 +53,43 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(settings.threads)
+    if settings.scheme == "pad" and settings.pad_source == "dealer" and not settings.dealer_url:
+        print("talaria proxy: scheme pad with pad_source dealer needs --dealer-url (a second `talaria cloud "
+              "--scheme pad` on the same checkpoint), or use --pad-source he", file=sys.stderr)
+        return 2
+    sessions = []
     try:
-        backend = HttpLinearBackend(settings.cloud_url, settings.cloud_api_key, timeout=settings.cloud_timeout,
-                                    transport=settings.cloud_transport, ca_file=settings.cloud_ca_file)
+        backend = CloudSession(settings.cloud_url, settings.cloud_api_key, timeout=settings.cloud_timeout,
+                               ca_file=settings.cloud_ca_file)
+        sessions.append(backend)
+        dealer = None
+        if settings.scheme == "pad" and settings.pad_source == "dealer":
+            dealer = CloudSession(settings.dealer_url, settings.dealer_api_key, timeout=settings.cloud_timeout,
+                                  ca_file=settings.cloud_ca_file, role="pad dealer")
+            sessions.append(dealer)
     except OSError as exc:  # unreadable or invalid cloud_ca_file (ssl.SSLError is an OSError)
         print(f"talaria proxy: cannot use cloud_ca_file {settings.cloud_ca_file!r}: {exc}", file=sys.stderr)
         return 2
     try:
-        log.info("waiting for the cloud backend at %s (up to %.0fs)", settings.cloud_url, settings.cloud_wait)
-        wait_for_cloud(backend, settings.cloud_wait)
+        for session in sessions:
+            log.info("waiting for the %s at %s (up to %.0fs)", session.role, session.base_url, settings.cloud_wait)
+            session.wait_ready(settings.cloud_wait)
         runtime = build_runtime(
-            backend, settings.scheme, mask_scale=settings.mask_scale, max_model_len=settings.max_model_len,
+            backend, settings.scheme, transport=settings.cloud_transport, mask_scale=settings.mask_scale,
+            max_model_len=settings.max_model_len,
             scheduler=SchedulerConfig(settings.max_batch_tokens, settings.max_running, settings.max_waiting,
                                       settings.batch_wait_ms),
+            dealer=dealer, pad_source=settings.pad_source, pad_pool_bytes=settings.pad_pool_mb << 20,
+            pad_timeout=settings.pad_timeout, pad_block_rows=settings.pad_block_rows,
         )
-    except (CloudError, ProtocolMismatch) as exc:
+    except (CloudError, ProtocolMismatch, ValueError) as exc:
         print(f"talaria proxy: {exc}", file=sys.stderr)
-        backend.close()
+        for session in sessions:
+            session.close()
         return 1
+    if runtime.pads is not None:
+        log.info("pad scheme: source %s, pool of %d rows per op (%d MiB)", runtime.pads.source.name,
+                 runtime.pads.target_rows, settings.pad_pool_mb)
     if runtime.tokenizer is None:
         log.warning("the cloud published no tokenizer: text requests will be refused")
     import torch
@@ -88,5 +107,7 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
                     timeout_graceful_shutdown=int(settings.shutdown_drain) + 1)
     finally:
-        backend.close()
+        runtime.close()
+        for session in sessions:
+            session.close()
     return 0

@@ -1,4 +1,4 @@
-"""Assemble the proxy's engine from a linear backend: manifest -> masks -> skeleton -> engine."""
+"""Assemble the proxy's engine from a cloud session: manifest -> scheme (+ pad pool) -> skeleton -> engine."""
 
 from __future__ import annotations
 
@@ -8,14 +8,21 @@ import time
 from dataclasses import dataclass
 
 from talaria_proxy.engine import AsyncEngine
-from talaria_proxy.linear_backend import LinearBackend
 from talaria_proxy.masked_linear import MaskedLinearClient
-from talaria_proxy.masking import build_scheme
 from talaria_proxy.model import SplitModel
+from talaria_proxy.pads.dealer import DealerSource
+from talaria_proxy.pads.pool import PadPool
+from talaria_proxy.pads.source import PadShape
+from talaria_proxy.schemes.base import COMPUTE, MaskScheme
+from talaria_proxy.schemes.pad import PadScheme
+from talaria_proxy.schemes.remo import NoMask, RemoMask
+from talaria_proxy.transports.base import LinearTransport, build_transport
 from talaria_proxy.scheduler import SchedulerConfig
 from talaria_wire import PROTOCOL_VERSION, Manifest
 
 log = logging.getLogger(__name__)
+
+SCHEMES = ("remo", "none", "pad")
 
 
 class ProtocolMismatch(RuntimeError):
@@ -24,12 +31,24 @@ class ProtocolMismatch(RuntimeError):
 
 @dataclass
 class ProxyRuntime:
-    backend: LinearBackend
+    backend: object  # the compute cloud's session (CloudSession, or the in-process fake)
     manifest: Manifest
     linear: MaskedLinearClient
     model: SplitModel
     engine: AsyncEngine
     tokenizer: object | None
+    pads: PadPool | None = None  # the pad scheme's pool
+    transport: LinearTransport | None = None
+
+    def close(self) -> None:
+        """Stop background work and close every connection (transport, pad source, session)."""
+        if self.pads is not None:
+            self.pads.close()
+        if self.transport is not None and self.transport is not self.backend:
+            self.transport.close()
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
 
 
 def load_tokenizer(files: dict[str, str]):
@@ -58,23 +77,73 @@ def load_tokenizer(files: dict[str, str]):
         return AutoTokenizer.from_pretrained(tmp)
 
 
-def build_runtime(backend: LinearBackend, scheme: str = "remo", *, mask_scale: float = 10.0,
+def build_scheme(name: str, manifest: Manifest, *, mask_scale: float = 10.0, mask_seed: int | None = None,
+                 pool: PadPool | None = None) -> MaskScheme:
+    if name == "remo":
+        return RemoMask(manifest, mask_scale=mask_scale, seed=mask_seed)
+    if name == "none":
+        return NoMask(manifest)
+    if name == "pad":
+        if pool is None:
+            raise ValueError("the pad scheme needs a pad pool")
+        return PadScheme(manifest, pool)
+    raise ValueError(f"unknown masking scheme {name!r}; available: {', '.join(SCHEMES)}")
+
+
+def build_pad_pool(manifest: Manifest, compute, pad_source: str, dealer, *, capacity_bytes: int,
+                   timeout: float, block_rows: int) -> PadPool:
+    """The pad pool of a `pad` runtime, with its source: `dealer` (a second cloud) or `he`."""
+    shapes = {op.name: PadShape(op.name, op.pad_dim or op.d_in, op.d_out) for op in manifest.ops}
+    if pad_source == "dealer":
+        if dealer is None:
+            raise ValueError("the pad scheme with pad source 'dealer' needs a dealer cloud (dealer_url)")
+        theirs = dealer.manifest()
+        if theirs.scheme != "pad" or theirs.fingerprint != manifest.fingerprint:
+            raise ProtocolMismatch(
+                f"the pad dealer serves {theirs.model_name!r} (scheme {theirs.scheme}, fingerprint "
+                f"{theirs.fingerprint}); the compute cloud serves {manifest.model_name!r} (fingerprint "
+                f"{manifest.fingerprint}): both must run `talaria cloud --scheme pad` on the same checkpoint")
+        source = DealerSource(shapes, dealer, rows_per_block=block_rows)
+    elif pad_source == "he":
+        from talaria_proxy.pads.he_source import HeSource
+
+        source = HeSource(shapes, compute)
+    else:
+        raise ValueError(f"unknown pad source {pad_source!r}; expected dealer or he")
+    return PadPool(source, [op.name for op in manifest.ops], capacity_bytes=capacity_bytes, timeout=timeout)
+
+
+def build_runtime(compute, scheme: str = "remo", *, transport: str | LinearTransport = "tcp", mask_scale: float = 10.0,
                   scheduler: SchedulerConfig | None = None, max_model_len: int | None = None,
-                  mask_seed: int | None = None) -> ProxyRuntime:
-    """Fetch the public state from the cloud and build the engine (not started)."""
+                  mask_seed: int | None = None, dealer=None, pad_source: str = "dealer",
+                  pad_pool_bytes: int = 256 << 20, pad_timeout: float = 10.0, pad_block_rows: int = 32) -> ProxyRuntime:
+    """Fetch the public state from the compute cloud (a CloudSession, or the in-process fake) and
+    build the engine (not started). Linear calls travel over `transport` (a name or a transport;
+    the in-process fake is its own); `pad` also starts its pad pool."""
     t0 = time.monotonic()
-    manifest = backend.manifest()
+    manifest = compute.manifest()
     if manifest.protocol != PROTOCOL_VERSION:
         raise ProtocolMismatch(f"cloud speaks {manifest.protocol}, this proxy {PROTOCOL_VERSION}")
-    options = {"mask_scale": mask_scale, "seed": mask_seed} if scheme == "remo" else {}
-    mask = build_scheme(scheme, manifest, **options)
+    if isinstance(compute, LinearTransport):
+        link = compute
+    elif isinstance(transport, LinearTransport):
+        link = transport
+    else:
+        link = build_transport(transport, compute)
+    pool = None
+    if scheme == "pad":
+        pool = build_pad_pool(manifest, compute, pad_source, dealer, capacity_bytes=pad_pool_bytes,
+                              timeout=pad_timeout, block_rows=pad_block_rows)
+    mask = build_scheme(scheme, manifest, mask_scale=mask_scale, mask_seed=mask_seed, pool=pool)
     ops = [op.name for op in manifest.ops]
     log.info("model %s (%s, %d layers); scheme %s; fetching public tensors of %d ops",
              manifest.model_name, manifest.arch.family, manifest.arch.num_layers, scheme, len(ops))
-    linear = MaskedLinearClient(backend, mask, ops)
-    params, attention_scaling = backend.cvm_params()
+    linear = MaskedLinearClient({COMPUTE: link}, mask, ops, compute.public)
+    params, attention_scaling = compute.cvm_params()
     model = SplitModel(manifest.arch, params, attention_scaling, linear)
-    tokenizer = load_tokenizer(backend.tokenizer_files())
+    tokenizer = load_tokenizer(compute.tokenizer_files())
     engine = AsyncEngine(model, scheduler, max_model_len)
+    if pool is not None:
+        pool.start()
     log.info("proxy runtime ready in %.1fs", time.monotonic() - t0)
-    return ProxyRuntime(backend, manifest, linear, model, engine, tokenizer)
+    return ProxyRuntime(compute, manifest, linear, model, engine, tokenizer, pool, link)

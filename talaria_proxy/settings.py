@@ -24,8 +24,19 @@ class ProxySettings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the OpenAI-compatible API")
     served_model_name: str | None = Field(
         None, description="model id in /v1/models (unset: the cloud's model name)")
-    scheme: Literal["remo", "none"] = Field(
-        "remo", description="masking scheme; 'none' exposes plaintext to the cloud (audits only)")
+    scheme: Literal["remo", "none", "pad"] = Field(
+        "remo", description="how linear inputs are protected: pad (one-time pads in an exact ring; private, "
+                            "needs a pad cloud and a pad source), remo (the paper's fast masks; a cloud that "
+                            "knows its model recovers the text), none (plaintext; audits only)")
+    pad_source: Literal["dealer", "he"] = Field(
+        "dealer", description="pad scheme: where the pad products come from: dealer (a second pad cloud that "
+                              "must not collude with the compute cloud) or he (the compute cloud under RLWE)")
+    dealer_url: str | None = Field(None, description="pad source dealer: base URL of the dealer cloud")
+    dealer_api_key: str | None = Field(None, description="bearer token presented to the dealer cloud")
+    pad_pool_mb: int = Field(256, ge=1, description="pad scheme: memory for pads made ahead, in MiB (all ops)")
+    pad_timeout: float = Field(
+        10.0, gt=0, description="pad scheme: seconds a call may wait for pads before its request fails (503)")
+    pad_block_rows: int = Field(32, ge=1, le=4096, description="pad source dealer: pad rows per op per dealer block")
     mask_scale: float = Field(10.0, gt=0, description="ReMO mask norm relative to each row's norm")
     api_keys: list[str] = Field(default_factory=list, description="accepted client keys (none given: no auth)")
     cors_origins: list[str] = Field(

@@ -1,16 +1,14 @@
-"""Masking schemes: what the CVM does to x before the cloud sees it, and how it undoes it on y.
-
-A scheme turns x [N, d_in] (float32 plaintext) into x~ in the wire dtype plus a secret it keeps,
-and turns the cloud's answer back into y = x W + b. The decode loop only calls `mask`,
-`completion` and `finish`, so a new scheme (LWE-style, two-cloud shares) plugs in via `SCHEMES`.
+"""ReMO and the unmasked split, on a `remo` cloud (cloud_backend/remo_kernel.py).
 
 Two kinds of answer (the manifest's `reply`):
   full       y~ = x~ W + b; `unmask` removes the mask.
   projected  z = x_perp W + b with x_perp = x~ - (x~ B^T) B, B = M_pub. A mask inside span(B) is
              gone from z; the CVM adds its own share (x B^T) R_pub = x B^T B W, which depends on x
              alone and so is computed while the cloud computes z. Float32 is enough for it: it has
-             the size of the signal, not of the mask. Only schemes whose masks lie in span(B)
-             (`mask_in_basis_span`) can take projected answers.
+             the size of the signal, not of the mask.
+What the cloud learns (measured, README "Privacy audit"): the mask lies in span(M_pub), which the
+cloud knows, so a cloud that knows its model recovers the text. ReMO is the paper's fast scheme,
+not confidentiality; `pad` (pad.py) is.
 
 Shape legend: N rows in the call, d = d_in, m = ReMO rank, o = d_out.
 """
@@ -19,75 +17,54 @@ from __future__ import annotations
 
 import math
 import secrets
-from abc import ABC, abstractmethod
-from typing import Any
 
 import torch
 
+from talaria_proxy.schemes.base import COMPUTE, MaskScheme
 from talaria_wire import Manifest
 from talaria_wire.tensors import WIRE_DTYPES
 
 
-class MaskScheme(ABC):
-    name: str = ""
-    mask_in_basis_span = False  # True: every mask lies in span(M_pub), so projected answers drop it
+class _RemoCloudScheme(MaskScheme):
+    """Shared by none and remo: the wire dtype, and the CVM's share of a projected answer."""
 
     def __init__(self, manifest: Manifest):
+        super().__init__(manifest)
         self.wire_dtype = WIRE_DTYPES[manifest.wire_dtype]
         self.projected = manifest.reply == "projected"
-        if self.projected and not self.mask_in_basis_span:
-            raise ValueError(f"masking scheme {self.name!r} cannot take the cloud's projected answers; "
-                             "start the cloud with reply: full")
         self._share: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # op -> (B^T [d, m], R_pub [m, o]) float32
 
-    def prepare(self, op: str, backend) -> None:
-        """Fetch whatever public per-op state the scheme needs (called once per op at start)."""
+    def prepare(self, op, public):
         if self.projected:
-            self._keep_share(op, *backend.public_tensors(op))
+            self._share[op] = (public["basis"].float().T.contiguous(), public["recovery"].float())
 
-    def _keep_share(self, op: str, basis: torch.Tensor, recovery: torch.Tensor) -> None:
-        self._share[op] = (basis.float().T.contiguous(), recovery.float())
-
-    def prefetch(self, op: str, rows: int) -> None:
-        """Prepare the random part of the next call's mask (called while the cloud computes)."""
-
-    def completion(self, op: str, x: torch.Tensor) -> torch.Tensor | None:
-        """The CVM's share of a projected answer, (x B^T) R_pub [N, o] float32 (None for full answers).
-        Needs only x: the caller computes it while the cloud works."""
+    def completion(self, op, x, secret):
+        """The CVM's share of a projected answer, (x B^T) R_pub [N, o] float32 (None for full answers)."""
         if not self.projected:
             return None
         basis_t, recovery = self._share[op]
         return (x.float() @ basis_t) @ recovery
 
-    def finish(self, op: str, answer: torch.Tensor, secret: Any, share: torch.Tensor | None) -> torch.Tensor:
-        """The cloud's answer -> y = x W + b, float32 [N, o]."""
+    def finish(self, op, answers, secret, share):
+        answer = answers[COMPUTE]
         if self.projected:
             return share.add_(answer) if answer.dtype == torch.float32 else answer.float().add_(share)
         return self.unmask(op, answer, secret)
 
-    @abstractmethod
-    def mask(self, op: str, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """x: [N, d] -> (x~ [N, d] in the wire dtype, secret kept by the CVM)."""
-
-    @abstractmethod
-    def unmask(self, op: str, y_masked: torch.Tensor, secret: Any) -> torch.Tensor:
-        """y~: [N, o] -> y: [N, o] float32."""
-
-
-class NoMask(MaskScheme):
-    """The unprotected split: the cloud sees x itself. Only for measuring what masking buys."""
-
-    name = "none"
-    mask_in_basis_span = True  # the zero mask
-
-    def mask(self, op, x):
-        return x.to(self.wire_dtype), None
-
-    def unmask(self, op, y_masked, secret):
+    def unmask(self, op: str, y_masked: torch.Tensor, secret) -> torch.Tensor:
         return y_masked.float()
 
 
-class RemoMask(MaskScheme):
+class NoMask(_RemoCloudScheme):
+    """The unprotected split: the cloud sees x itself. Only for measuring what masking buys."""
+
+    name = "none"
+
+    def mask(self, op, x):
+        return {COMPUTE: x.to(self.wire_dtype)}, None
+
+
+class RemoMask(_RemoCloudScheme):
     """ReMO (arXiv 2603.00196): x~ = x + M_pvt M_pub, recovered as y = y~ - M_pvt R_pub.
 
     M_pub [m, d] is public (seeded, orthonormal rows) and R_pub = M_pub W [m, o] comes from the
@@ -101,7 +78,6 @@ class RemoMask(MaskScheme):
     """
 
     name = "remo"
-    mask_in_basis_span = True
 
     def __init__(self, manifest: Manifest, mask_scale: float = 10.0, seed: int | None = None):
         super().__init__(manifest)
@@ -114,13 +90,11 @@ class RemoMask(MaskScheme):
         self._gen = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
         self._ahead: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # op -> (G [N, m], G M_pub [N, d])
 
-    def prepare(self, op, backend):
-        basis, recovery = backend.public_tensors(op)
-        self.basis[op] = basis.to(self.wire_dtype)
-        if self.projected:  # the mask never reaches the answer: only the float32 share is needed
-            self._keep_share(op, basis, recovery)
-        else:
-            self.recovery[op] = recovery.to(self.wire_dtype)
+    def prepare(self, op, public):
+        super().prepare(op, public)  # the float32 share, for projected answers
+        self.basis[op] = public["basis"].to(self.wire_dtype)
+        if not self.projected:
+            self.recovery[op] = public["recovery"].to(self.wire_dtype)
 
     def _draw(self, op: str, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         basis = self.basis[op]  # [m, d]
@@ -138,19 +112,8 @@ class RemoMask(MaskScheme):
         g, direction = ahead if ahead is not None and ahead[0].shape[0] == rows else self._draw(op, rows)
         row_scale = x.norm(dim=1, keepdim=True).clamp_min(1e-6) * (self.mask_scale / math.sqrt(m))  # s: [N, 1]
         x_masked = torch.addcmul(x, row_scale, direction)  # x~ = x + s G M_pub = x + M_pvt M_pub
-        return x_masked, g * row_scale  # M_pvt [N, m]: the secret that full answers are unmasked with
+        return {COMPUTE: x_masked}, g * row_scale  # M_pvt [N, m]: the secret that full answers are unmasked with
 
     def unmask(self, op, y_masked, coeff):
         # (x + M_pvt M_pub) W + b - M_pvt (M_pub W) = x W + b
         return torch.addmm(y_masked, coeff, self.recovery[op], alpha=-1).float()
-
-
-SCHEMES: dict[str, type[MaskScheme]] = {NoMask.name: NoMask, RemoMask.name: RemoMask}
-
-
-def build_scheme(name: str, manifest: Manifest, **options) -> MaskScheme:
-    try:
-        cls = SCHEMES[name]
-    except KeyError:
-        raise ValueError(f"unknown masking scheme {name!r}; available: {', '.join(SCHEMES)}") from None
-    return cls(manifest, **options) if cls is not NoMask else cls(manifest)
