@@ -30,17 +30,23 @@ def build_service(settings):
     # TF32 would round the float32 GEMM inputs to 10 mantissa bits: far from lossless (see service.py)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    if settings.scheme == "pad":  # W_bar is rounded from the float64 weights; the float copy is dropped
+        model = load_prepared_model(settings.model, dtype=torch.float64, device=settings.device)
+        return MaskedLinearService(model, scheme="pad", record_dir=settings.record_dir,
+                                   max_rows=getattr(settings, "max_rows", None))
     weight_dtype = torch.float64 if settings.compute_dtype == "float64" else torch.float32
     wire_dtype = torch.float32 if settings.compute_dtype == "float32" else torch.float64
     model = load_prepared_model(settings.model, dtype=weight_dtype, device=settings.device)
     return MaskedLinearService(
         model,
+        scheme="remo",
         basis_seed=settings.basis_seed,
         wire_dtype=wire_dtype,
         default_rank=settings.mask_rank,
         rank_overrides=settings.mask_ranks,
         record_dir=settings.record_dir,
         reply=settings.reply,
+        max_rows=getattr(settings, "max_rows", None),
     )
 
 
