@@ -1,0 +1,152 @@
+"""The cloud's half of the `he` pad source: W_bar applied to RLWE ciphertexts of pad rows, then
+re-randomised so that the answer tells the CVM nothing about W_bar beyond r W_bar mod t.
+
+The CVM uploads ct_j = (a_j, b_j), j < d, with b_j + a_j s = Delta m_j + e_j (mod q), m_j the pad
+values of N rows at input coordinate j (coefficient packing; talaria_proxy/pads/he_keys.py). Scalar
+times ciphertext and addition act coefficient-wise, so per output column k
+    (A_k, B_k) = sum_j W_bar[j, k] (a_j, b_j)  mod q,   B_k + A_k s = Delta (r W_bar mod t)_k + E_k
+with E_k = sum_j W_bar[j, k] e_j, and per RNS prime this is one plain GEMM W_bar^T [o, d] @ C [d, 2N]
+(C: the coefficients of both halves). Exact in float64: C (< 2^31) is split into limbs of
+L = ring.limb_bits(d) bits, so every limb product sums d terms below 2^23 2^L < 2^53 / d. a_j are in
+the NTT domain and b_j in the coefficient domain; the GEMM is linear, so either is fine, and no NTT
+runs in it.
+
+Re-randomisation (model privacy). Without it the CVM, which knows every a_j, could solve
+A_k = sum_j W_bar[j, k] a_j for W_bar, and read E_k (it knows its e_j) off the decryption noise.
+So before answering, every answer gets a fresh encryption of zero under the CVM's public key
+(a_pk from a seed, b_pk = -a_pk s + e_pk), with a fresh ternary u and Gaussian e1 per answer from the
+OS CSPRNG, and flooding noise F uniform on [-2^149, 2^149) (also OS CSPRNG) on B:
+    A'_k = A_k + u a_pk + e1,   B'_k = B_k + u b_pk + F       (the textbook e2 is subsumed by F)
+    B'_k + A'_k s = Delta (r W_bar)_k + E_k + u e_pk + e1 s + F.
+- A'_k is A_k plus one RLWE sample (a_pk, u a_pk + e1) with secret u: pseudo-uniform under RLWE (the
+  same N, q inside the HE standard's table), so it hides A_k. The CVM knows s, so it sees the noise
+  term; F hides E_k + u e_pk + e1 s, which is what would reveal W_bar or u.
+- Statistical distance to a fresh encryption of r W_bar with noise F alone: per coefficient at most
+  |E_k + u e_pk + e1 s| / 2^150, per ciphertext N times that (see `noise_budget`): <= 2^-97.4 at the
+  0.5B model's largest d = 4865 (|W_bar| <= 2^23, |e| <= 19). The claim assumes the CVM made its
+  public key honestly (attested code): a malformed b_pk could make u e_pk large and leak u.
+- Exactness: |total noise| <= 2^149 + d 2^23 19 + 2 N 19 < Delta / 2 ~ 2^154: decryption rounds
+  correctly with 5 bits of margin, worst case, for every d the float64 limbs support.
+- Cost in q: without flooding Delta > 2^41 (2 of the 31-bit primes) would do, q ~ 2^124; flooding
+  takes 3 more primes (q ~ 2^217, still inside 218 for N = 8192), i.e. 7/4 of the GEMM, the NTTs
+  and the wire bytes.
+Shape legend: d inputs (ciphertexts uploaded), o outputs (answers), P primes, N coefficients.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from talaria_wire import ntt
+from talaria_wire.he_params import DELTA, N, TAIL, expand_uniform, gaussian, ternary
+from talaria_wire.ring import PRIMES, W_BITS, limb_bits
+
+FLOOD_BITS = 150  # F uniform on [-2^149, 2^149): 2^150 values
+FLOOD_WORD = 30  # F = sum_l w_l 2^(30 l) - 2^149 with five 30-bit words
+COEFF_BITS = 31  # every residue < 2^31
+_P = torch.tensor(PRIMES, dtype=torch.int64)[:, None]  # [P, 1]
+
+
+def noise_budget(d: int, n: int = N, w_bits: int = W_BITS) -> dict[str, float]:
+    """The worst-case noise figures for an op with d inputs (log2 unless named otherwise)."""
+    gemm = d * (1 << w_bits) * TAIL  # |E_k| = |sum_j W_bar e_j|
+    rerand = 2 * n * TAIL  # |u e_pk| + |e1 s|, u and s ternary
+    hidden = gemm + rerand  # what flooding must hide
+    total = 2 ** (FLOOD_BITS - 1) + hidden
+    return {
+        "log2_gemm_noise": math.log2(gemm), "log2_rerand_noise": math.log2(rerand),
+        "log2_flood": FLOOD_BITS - 1, "log2_total_noise": math.log2(total),
+        "log2_half_delta": math.log2(DELTA) - 1, "margin_bits": math.log2(DELTA / 2 / total),
+        "log2_stat_distance_per_ciphertext": math.log2(n * hidden) - FLOOD_BITS,
+    }
+
+
+def _limb_layout(d: int) -> tuple[int, int]:
+    bits = limb_bits(d, W_BITS)
+    return bits, -(-COEFF_BITS // bits)
+
+
+def ciphertext_matmul(w_bar: torch.Tensor, halves: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """w_bar [d, o] float64 exact integers |.| <= 2^23; halves [d, H, P, N] int64 residues (H = 2:
+    a_hat, b) -> sum_j w_bar[j, k] halves[j] mod p, [o, H, P, N] int64, exactly.
+    The N axis is cut into `chunk`-wide blocks to bound the float64 temporaries."""
+    d, o = w_bar.shape
+    if w_bar.dtype != torch.float64:
+        raise ValueError(f"w_bar must be float64 (exact integers), got {w_bar.dtype}")
+    if halves.shape[0] != d:
+        raise ValueError(f"{halves.shape[0]} ciphertexts for an op with d = {d}")
+    bits, limbs = _limb_layout(d)
+    mask = (1 << bits) - 1
+    w_t = w_bar.t().contiguous()  # [o, d]
+    _, h, p_count, n = halves.shape
+    out = torch.empty((o, h, p_count, n), dtype=torch.int64, device=w_bar.device)
+    p = _P.to(w_bar.device)  # [P, 1]: broadcasts over [..., P, N]
+    shifts = [torch.tensor([pow(2, bits * k, q) for q in PRIMES], dtype=torch.int64, device=w_bar.device)[:, None]
+              for k in range(limbs)]
+    for c0 in range(0, n, chunk):
+        block = halves[..., c0 : c0 + chunk].to(w_bar.device)  # [d, H, P, c]
+        width = block.shape[-1]
+        cols = torch.cat([((block >> (bits * k)) & mask).to(torch.float64).reshape(d, -1) for k in range(limbs)], dim=1)
+        prods = (w_t @ cols).to(torch.int64).view(o, limbs, h, p_count, width)  # exact: |.| < 2^53
+        acc = torch.remainder(prods[:, 0], p)
+        for k in range(1, limbs):
+            acc = torch.remainder(acc + torch.remainder(prods[:, k], p) * shifts[k], p)
+        out[..., c0 : c0 + width] = acc
+    return out
+
+
+def flood_residues(count: int, n: int = N) -> torch.Tensor:
+    """`count` polynomials of flooding noise F, coefficients uniform on [-2^149, 2^149) (OS CSPRNG),
+    as residues [count, P, N]: F mod p = sum_l w_l (2^(30 l) mod p) - 2^149 mod p, no big integers."""
+    words = FLOOD_BITS // FLOOD_WORD
+    raw = torch.frombuffer(bytearray(os.urandom(4 * words * count * n)), dtype=torch.int32).to(torch.int64)
+    raw = (raw & ((1 << FLOOD_WORD) - 1)).view(words, count, 1, n)
+    acc = torch.zeros((count, len(PRIMES), n), dtype=torch.int64)
+    for w in range(words):
+        weight = torch.tensor([pow(2, FLOOD_WORD * w, p) for p in PRIMES], dtype=torch.int64)[:, None]
+        acc += torch.remainder(raw[w] * weight, _P)  # < 5 * 2^31 after the loop
+    offset = torch.tensor([pow(2, FLOOD_BITS - 1, p) for p in PRIMES], dtype=torch.int64)[:, None]
+    return torch.remainder(acc - offset, _P)
+
+
+def rerandomise(answers: torch.Tensor, pk_seed: bytes, pk_b: torch.Tensor, chunk: int = 64,
+                flood: bool = True) -> torch.Tensor:
+    """answers [o, 2, P, N] (a_hat NTT domain, b coefficients) -> the same, each plus a fresh
+    encryption of zero under (a_pk, pk_b) and flooding noise on b (in place; returned).
+    `flood=False` exists only for the tests that show why flooding is needed."""
+    o, _, p_count, n = answers.shape
+    device = answers.device
+    tab = ntt.tables(n, PRIMES, device)
+    a_pk = expand_uniform(pk_seed, "pk", 1, n)[0].to(device)  # [P, N], NTT domain
+    pk_b = pk_b.to(device)
+    p = _P.to(device)
+    for c0 in range(0, o, chunk):
+        m = min(chunk, o - c0)
+        small = torch.stack([ternary(m * n).view(m, n), gaussian(m * n).view(m, n)], dim=1).to(device)  # [m, 2, N]: u, e1
+        u_hat, e1_hat = ntt.ntt(torch.remainder(small[:, :, None, :], p), tab).unbind(1)  # [m, P, N] each
+        block = answers[c0 : c0 + m]
+        block[:, 0] = torch.remainder(block[:, 0] + ntt.pointwise(u_hat, a_pk, tab) + e1_hat, p)
+        extra = ntt.intt(ntt.pointwise(u_hat, pk_b, tab), tab)
+        if flood:
+            extra = extra + flood_residues(m, n).to(device)
+        block[:, 1] = torch.remainder(block[:, 1] + extra, p)
+    return answers
+
+
+def he_answer(w_bar: torch.Tensor, seed: bytes, b: torch.Tensor, pk_seed: bytes, pk_b: torch.Tensor,
+              cols: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole cloud step for one request: w_bar [d, o]; b [d, P, N] int64 residues; the a_j
+    expanded from `seed`. Returns (A' [o', P, N] NTT domain, B' [o', P, N]) as int32 on the CPU,
+    for output columns cols = (k0, k1) (default all)."""
+    d = w_bar.shape[0]
+    n = b.shape[-1]
+    k0, k1 = cols or (0, w_bar.shape[1])
+    a_hat = expand_uniform(seed, "a", d, n)  # [d, P, N], the same stream the CVM drew
+    halves = torch.stack([a_hat, b], dim=1)  # [d, 2, P, N]
+    answers = ciphertext_matmul(w_bar[:, k0:k1], halves)
+    rerandomise(answers, pk_seed, pk_b)
+    answers = answers.to(torch.int32).cpu()
+    return answers[:, 0].contiguous(), answers[:, 1].contiguous()
