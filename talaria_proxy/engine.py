@@ -26,7 +26,7 @@ import torch
 
 from talaria_proxy.errors import CloudError, TalariaError
 from talaria_proxy.model import SeqChunk, SplitModel
-from talaria_proxy.sampling import SampledToken, Sampler, SamplingParams
+from talaria_proxy.sampling import SampledToken, Sampler, SamplingParams, score_tokens
 from talaria_proxy.scheduler import Scheduler, SchedulerConfig, Sequence, SeqStatus
 
 log = logging.getLogger(__name__)
@@ -181,13 +181,15 @@ class AsyncEngine:
                 continue
             chunks = [
                 SeqChunk(c.seq.cache, c.seq.all_ids[c.seq.num_computed : c.seq.num_computed + c.num_tokens],
-                         c.seq.num_computed, c.completes)
+                         c.seq.num_computed, c.completes, all_logits=self._scores_prompt(c.seq))
                 for c in plan
             ]
-            samplers = [c.seq.sampler if c.completes and not c.seq.aborted else None for c in plan]
+            samplers = [c.seq.sampler if c.completes and not c.seq.aborted and c.seq.params.max_tokens > 0 else None
+                        for c in plan]
             t0 = time.perf_counter()
             try:
-                sampled = await asyncio.get_running_loop().run_in_executor(self._executor, self._step, chunks, samplers)
+                sampled = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._step, chunks, samplers, [c.seq for c in plan])
             except Exception as exc:  # cloud down, protocol error: fail this step's sequences, keep serving
                 self.last_error = exc
                 if not isinstance(exc, CloudError):
@@ -205,6 +207,9 @@ class AsyncEngine:
                 if seq.num_computed < len(seq.prompt_ids):
                     self.stats.prompt_tokens += c.num_tokens
                 seq.num_computed += c.num_tokens
+                if c.completes and seq.params.max_tokens == 0 and not seq.aborted:  # echo of the prompt alone
+                    self._finish(seq, TokenEvent(None, finish_reason="length"))
+                    continue
                 if token is None or seq.aborted or seq.status is SeqStatus.FINISHED:
                     continue
                 self._emit(seq, token)
@@ -224,18 +229,37 @@ class AsyncEngine:
                 return
             seen = len(self.scheduler.waiting)
 
-    def _step(self, chunks: list[SeqChunk], samplers: list[Sampler | None]) -> list[SampledToken | None]:
+    @staticmethod
+    def _scores_prompt(seq: Sequence) -> bool:
+        return seq.params.prompt_logprobs is not None and seq.num_computed < len(seq.prompt_ids)
+
+    def _step(self, chunks: list[SeqChunk], samplers: list[Sampler | None],
+              seqs: list[Sequence]) -> list[SampledToken | None]:
         """On the engine thread: one model step, and a token for each chunk that has a sampler
-        (chunks that complete their sequence's input have a row of logits; aborted ones no sampler)."""
-        logits = self.model.forward(chunks)  # [B, V], a row per completing chunk
+        (chunks that complete their sequence's input have a row of logits; aborted ones no sampler).
+        Chunks with all_logits also score their prompt tokens into seq.prompt_logprobs."""
+        logits = self.model.forward(chunks)  # [R, V]: all rows of all_logits chunks, else the last row
         out, row = [], 0
-        for chunk, sampler in zip(chunks, samplers):
-            if not chunk.need_logits:
+        for chunk, sampler, seq in zip(chunks, samplers, seqs):
+            if chunk.all_logits:
+                n = len(chunk.token_ids)
+                self._score_prompt(seq, chunk.start, logits[row : row + n])
+                row += n - 1  # the last row is also the one sampled from
+            elif not chunk.need_logits:
                 out.append(None)
                 continue
-            out.append(sampler.sample(logits[row]) if sampler is not None else None)
+            out.append(sampler.sample(logits[row]) if sampler is not None and chunk.need_logits else None)
             row += 1
         return out
+
+    @staticmethod
+    def _score_prompt(seq: Sequence, start: int, logits: torch.Tensor) -> None:
+        """logits [T, V] of prompt positions start..start+T-1; row j predicts prompt token start+j+1."""
+        if seq.prompt_logprobs is None:
+            seq.prompt_logprobs = [SampledToken(seq.prompt_ids[0])]  # nothing predicts the first token
+        targets = seq.prompt_ids[start + 1 : start + len(logits) + 1]
+        if targets:
+            seq.prompt_logprobs += score_tokens(logits[: len(targets)], targets, seq.params.prompt_logprobs)
 
     def _emit(self, seq: Sequence, sampled: SampledToken) -> None:
         seq.output_ids.append(sampled.token_id)

@@ -34,6 +34,7 @@ class SeqChunk:
     token_ids: list[int]  # T tokens at positions [start, start+T)
     start: int
     need_logits: bool  # True when the chunk ends at the sequence's last known token
+    all_logits: bool = False  # logits of every row, not just the last (prompt logprobs of echo requests)
 
 
 class SplitModel:
@@ -52,7 +53,8 @@ class SplitModel:
         return KVCache(a.num_layers, a.num_kv_heads, a.head_dim, max_len or a.max_position_embeddings)
 
     def forward(self, chunks: list[SeqChunk]) -> torch.Tensor:
-        """Run one step; returns logits [B, V] float32 for the chunks with need_logits, in order."""
+        """Run one step; returns logits [R, V] float32, in chunk order: every row of a chunk with
+        all_logits, the last row of one with need_logits, nothing of the others."""
         a = self.arch
         eps = a.rms_norm_eps
         lens = [len(c.token_ids) for c in chunks]
@@ -76,10 +78,16 @@ class SplitModel:
             h = h + self.linear(self.op_names[i, "down"], F.silu(gate) * up)
         for c, n in zip(chunks, lens):
             c.cache.length = c.start + n
-        last_rows = torch.tensor([sum(lens[: j + 1]) - 1 for j, c in enumerate(chunks) if c.need_logits], dtype=torch.long)
-        if last_rows.numel() == 0:
+        rows, end = [], 0
+        for c, n in zip(chunks, lens):
+            end += n
+            if c.all_logits:  # only echo requests pay the LM head on every prompt row
+                rows.extend(range(end - n, end))
+            elif c.need_logits:
+                rows.append(end - 1)
+        if not rows:
             return torch.empty(0, a.vocab_size)
-        return self.linear("lm_head", rms_normalize(h[last_rows], eps))  # [B, V]
+        return self.linear("lm_head", rms_normalize(h[torch.tensor(rows, dtype=torch.long)], eps))  # [R, V]
 
     def _attend(self, layer: int, chunks: list[SeqChunk], lens: list[int], q, k, v) -> torch.Tensor:
         """Write the step's k, v into each sequence's cache and attend: [N, H*D]. Sequences that

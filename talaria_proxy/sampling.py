@@ -30,12 +30,13 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)  # generation ends after one of these
     ignore_eos: bool = False  # do not stop at the model's EOS tokens
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token + k top alternatives
+    prompt_logprobs: int | None = None  # None: off; k >= 0: logprob of each prompt token + k top alternatives
     min_p: float = 0.0  # keep tokens with probability >= min_p * the top token's (after temperature); 0: off
     repetition_penalty: float = 1.0  # > 0; 1: off; > 1 discourages tokens of the prompt and the output
 
     def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise ValueError("max_tokens must be >= 1")
+        if self.max_tokens < (0 if self.prompt_logprobs is not None else 1):  # 0: only score the prompt (echo)
+            raise ValueError("max_tokens must be >= 1 (or 0 when scoring the prompt)")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -44,6 +45,8 @@ class SamplingParams:
             raise ValueError("top_k must be >= 0")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise ValueError("top_logprobs must be between 0 and 20")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= 20:
+            raise ValueError("prompt logprobs must be between 0 and 20")
         if not 0 <= self.min_p <= 1:
             raise ValueError("min_p must be in [0, 1]")
         if self.repetition_penalty <= 0:
@@ -125,3 +128,15 @@ class Sampler:
                 vals, idx = torch.topk(lp, p.logprobs)
                 out.top_logprobs = list(zip(idx.tolist(), vals.tolist()))
         return out
+
+
+def score_tokens(logits: torch.Tensor, token_ids: list[int], top: int) -> list[SampledToken]:
+    """logits [T, V] (row j predicts token_ids[j]) -> each token's logprob and the `top` most likely
+    alternatives, of the raw distribution (as OpenAI's echo reports prompt tokens)."""
+    lp = torch.log_softmax(logits.float(), dim=-1)  # [T, V]
+    chosen = lp.gather(1, torch.tensor(token_ids, dtype=torch.long)[:, None])[:, 0].tolist()  # [T]
+    alternatives = [None] * len(token_ids)
+    if top > 0:
+        vals, idx = torch.topk(lp, top, dim=-1)  # [T, top]
+        alternatives = [list(zip(i, v)) for i, v in zip(idx.tolist(), vals.tolist())]
+    return [SampledToken(t, c, a) for t, c, a in zip(token_ids, chosen, alternatives)]

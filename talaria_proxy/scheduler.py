@@ -46,6 +46,7 @@ class Sequence:
     status: SeqStatus = SeqStatus.WAITING
     aborted: bool = False
     sink: Any = None  # the engine's per-sequence event queue
+    prompt_logprobs: list | None = None  # SampledToken per prompt token (first: no logprob), when asked for
 
     @property
     def all_ids(self) -> list[int]:

@@ -104,9 +104,11 @@ class GenerationBatch:
     def _advance(self, choice: _Choice, event: TokenEvent) -> ChoiceDelta | None:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
-        choice.completion_tokens += 1
-        choice.pending.append(event.token)
-        text = choice.stream.push(event.token.token_id)
+        text = ""
+        if event.token is not None:  # None: a finish without a token (echo with max_tokens 0)
+            choice.completion_tokens += 1
+            choice.pending.append(event.token)
+            text = choice.stream.push(event.token.token_id)
         finish = None
         if choice.stream.stopped:
             finish = "stop"

@@ -66,8 +66,15 @@ class LogprobFormatter:
         for tok in tokens:
             text, _ = self.token(tok.token_id)
             out.tokens.append(text)
-            out.token_logprobs.append(clamp_logprob(tok.logprob))
-            out.top_logprobs.append({self.token(tid)[0]: clamp_logprob(lp) for tid, lp in tok.top_logprobs or []})
+            if tok.logprob is None and tok.top_logprobs is None:  # an unscored token: the prompt's first (echo)
+                out.token_logprobs.append(None)
+                out.top_logprobs.append(None)
+            else:
+                out.token_logprobs.append(clamp_logprob(tok.logprob))
+                top: dict[str, float] = {}
+                for tid, lp in tok.top_logprobs or []:  # most likely first: two ids with one text keep the first
+                    top.setdefault(self.token(tid)[0], clamp_logprob(lp))
+                out.top_logprobs.append(top)
             out.text_offset.append(offset)
             offset += len(text)
         return out

@@ -159,8 +159,9 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     best_of: int | None = Field(None, ge=1)
-    echo: bool = False
+    echo: bool = False  # the answer starts with the prompt (and, with logprobs, the prompt's logprobs)
     logprobs: int | None = Field(None, ge=0, le=20)
+    max_tokens: int | None = Field(None, ge=0)  # 0 (with echo): score the prompt, generate nothing
     suffix: str | None = None
 
     @field_validator("prompt")
@@ -261,8 +262,8 @@ class CompletionLogprobs(BaseModel):
     """The legacy logprobs layout: parallel lists per token."""
 
     tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[float] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)  # None: the prompt's first token
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
     text_offset: list[int] = Field(default_factory=list)
 
 

@@ -103,7 +103,7 @@ class OpenAIServing:
 
     # -- submission -------------------------------------------------------------------------
     def sampling_params(self, request: SamplingFields, prompt_len: int, token_cap: int | None,
-                        logprobs: int | None, choice: int) -> SamplingParams:
+                        logprobs: int | None, choice: int, prompt_logprobs: int | None = None) -> SamplingParams:
         if token_cap is None:
             room = self.engine.max_model_len - prompt_len
             if room < 1:
@@ -123,13 +123,15 @@ class OpenAIServing:
             logit_bias=request.logit_bias_ids(),
             ignore_eos=request.ignore_eos,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
             min_p=request.min_p or 0.0,
             repetition_penalty=1.0 if request.repetition_penalty is None else request.repetition_penalty,
             stop_token_ids=list(request.stop_token_ids or []),
         )
 
     def start_batch(self, ctx: RequestContext, request: SamplingFields, prompts: list[list[int]],
-                    token_cap: int | None, logprobs: int | None) -> GenerationBatch:
+                    token_cap: int | None, logprobs: int | None,
+                    prompt_logprobs: int | None = None) -> GenerationBatch:
         """Submit `n` sequences per prompt (choice index = prompt * n + j); all or none."""
         batch = GenerationBatch(self.engine, ctx.request_id, self.config.request_timeout)
         stop = request.stop_strings()
@@ -138,7 +140,8 @@ class OpenAIServing:
         try:
             for prompt in prompts:
                 for _ in range(request.n):
-                    params = self.sampling_params(request, len(prompt), token_cap, logprobs, len(batch.choices))
+                    params = self.sampling_params(request, len(prompt), token_cap, logprobs, len(batch.choices),
+                                                  prompt_logprobs)
                     batch.add(prompt, params, TextStream(self.tokenizer, stop, prompt))
         except BaseException:
             batch.close()  # sequences already queued must not run for nobody

@@ -69,7 +69,7 @@ def test_invalid_json_is_400(proxy):
 
 
 @pytest.mark.parametrize("body, param", [
-    ({"model": MODEL, "prompt": "x", "echo": True}, "echo"),
+    ({"model": MODEL, "prompt": "x", "max_tokens": 0}, "max_tokens"),  # 0 only with echo
     ({"model": MODEL, "prompt": "x", "suffix": "y"}, "suffix"),
     ({"model": MODEL, "prompt": []}, "prompt"),
     ({"model": MODEL, "prompt": [10 ** 9]}, None),  # token id outside the vocabulary
