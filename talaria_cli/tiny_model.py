@@ -31,13 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from talaria_cli.tiny_chat_templates import QWEN_TOOLS_CHAT_TEMPLATE
 from talaria_cli.tiny_tokenizer import SPECIAL_TOKENS, build_tokenizer
 from talaria_cli.tiny_weights import ARCHS, SIZES, build_config, init_tensor, numel, parameter_shapes
 
 # Written next to the checkpoint: identifies a directory as ours (so it may be replaced
 # without --force) and records what it was generated from.
 PROVENANCE_FILE = "talaria_tiny_model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the qwen2 model's chat template renders tools
 
 
 # ----------------------------------------------------------------------------- weights
@@ -147,6 +148,8 @@ def write_tiny_model(
         log(f"building tokenizer ({arch}, size {size}, seed {seed})")
         max_positions = 2048 if size == "tiny" else 32768
         tokenizer = build_tokenizer(model_max_length=max_positions)
+        if arch == "qwen2":  # Qwen2.5's template: ChatML that also renders tools and tool turns
+            tokenizer.chat_template = QWEN_TOOLS_CHAT_TEMPLATE
         special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
         config = build_config(arch, size, len(tokenizer), special_ids)
 

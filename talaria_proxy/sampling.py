@@ -30,6 +30,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)  # generation ends after one of these
     ignore_eos: bool = False  # do not stop at the model's EOS tokens
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token + k top alternatives
+    grammar: object | None = None  # a talaria_proxy.grammar.CompiledGrammar: every step is masked by it
     prompt_logprobs: int | None = None  # None: off; k >= 0: logprob of each prompt token + k top alternatives
     min_p: float = 0.0  # keep tokens with probability >= min_p * the top token's (after temperature); 0: off
     repetition_penalty: float = 1.0  # > 0; 1: off; > 1 discourages tokens of the prompt and the output
@@ -78,6 +79,8 @@ class Sampler:
                 if not 0 <= int(tok) < vocab_size:
                     raise ValueError(f"logit_bias token id {tok} is outside the vocabulary (0..{vocab_size - 1})")
                 self.bias[int(tok)] = float(b)
+        # Requests without a grammar never touch llguidance (no mask, no import).
+        self.constraint = params.grammar.constraint(params.max_tokens) if params.grammar is not None else None
 
     def penalized(self, logits: torch.Tensor) -> torch.Tensor:
         """[V] raw logits -> [V] after logit_bias and the penalties (what greedy takes the argmax of)."""
@@ -115,11 +118,16 @@ class Sampler:
         p = self.params
         raw = logits
         x = self.penalized(logits)
-        if p.temperature == 0:
+        forced = self.constraint.restrict(x) if self.constraint is not None else None  # -inf where not allowed
+        if forced is not None:
+            token = forced  # the grammar's closing: the token budget is nearly spent
+        elif p.temperature == 0:
             token = int(torch.argmax(x))
         else:
             token = int(torch.multinomial(self.probabilities(x), 1, generator=self.generator))
         self.counts[token] += 1
+        if self.constraint is not None:
+            self.constraint.accept(token)
         out = SampledToken(token)
         if p.logprobs is not None:
             lp = torch.log_softmax(raw.float(), dim=-1)

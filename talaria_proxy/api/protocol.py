@@ -47,15 +47,26 @@ class ChatMessage(OpenAIRequest):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None  # accepted, not rendered: chat templates rarely use it
-    tool_calls: list[dict[str, Any]] | None = None  # refused when non-empty (no tool support yet)
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant turn's calls (checked in api/tools.py)
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
 
 class StreamOptions(OpenAIRequest):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(OpenAIRequest):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = Field(..., min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # absent: any JSON object
+    strict: bool | None = None
+
+
 class ResponseFormat(OpenAIRequest):
-    type: str = "text"
+    type: str = "text"  # text | json_object | json_schema (api/structured.py)
+    json_schema: JSONSchemaFormat | None = None
 
 
 # Sampling extensions other servers (vLLM, llama.cpp, TGI) accept that this one does not implement,
@@ -139,7 +150,7 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: str | dict[str, Any] | None = None
     functions: list[dict[str, Any]] | None = None  # deprecated form of tools
     function_call: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None  # accepted and ignored (meaningless without tools)
+    parallel_tool_calls: bool | None = None  # false: at most one tool call
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
 
@@ -214,9 +225,21 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str = ""
+    content: str | None = ""  # None when the answer is only tool calls
+    tool_calls: list[ToolCall] | None = _none_omitted()
 
 
 class ChatCompletionChoice(BaseModel):
@@ -236,9 +259,24 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = _none_omitted()
+    arguments: str | None = _none_omitted()
+
+
+class DeltaToolCall(BaseModel):
+    """The first delta of a call carries id, type and name (arguments ""), later ones argument text."""
+
+    index: int
+    id: str | None = _none_omitted()
+    type: Literal["function"] | None = _none_omitted()
+    function: DeltaFunctionCall
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = _none_omitted()
     content: str | None = _none_omitted()
+    tool_calls: list[DeltaToolCall] | None = _none_omitted()
 
 
 class ChatChunkChoice(BaseModel):

@@ -131,8 +131,10 @@ class OpenAIServing:
 
     def start_batch(self, ctx: RequestContext, request: SamplingFields, prompts: list[list[int]],
                     token_cap: int | None, logprobs: int | None,
-                    prompt_logprobs: int | None = None) -> GenerationBatch:
-        """Submit `n` sequences per prompt (choice index = prompt * n + j); all or none."""
+                    prompt_logprobs: int | None = None, grammar: object | None = None,
+                    new_stream: Callable[[list[int]], TextStream] | None = None) -> GenerationBatch:
+        """Submit `n` sequences per prompt (choice index = prompt * n + j); all or none. `grammar`
+        (talaria_proxy.grammar) constrains every choice; `new_stream(prompt)` replaces the TextStream."""
         batch = GenerationBatch(self.engine, ctx.request_id, self.config.request_timeout)
         stop = request.stop_strings()
         ctx.prompt_tokens = sum(len(p) for p in prompts)
@@ -142,7 +144,9 @@ class OpenAIServing:
                 for _ in range(request.n):
                     params = self.sampling_params(request, len(prompt), token_cap, logprobs, len(batch.choices),
                                                   prompt_logprobs)
-                    batch.add(prompt, params, TextStream(self.tokenizer, stop, prompt))
+                    params.grammar = grammar
+                    stream = new_stream(prompt) if new_stream is not None else TextStream(self.tokenizer, stop, prompt)
+                    batch.add(prompt, params, stream)
         except BaseException:
             batch.close()  # sequences already queued must not run for nobody
             raise

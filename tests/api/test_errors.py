@@ -43,15 +43,15 @@ def _error(resp: httpx.Response, status: int, param: str | None = "unset", code:
     ({**OK, "top_logprobs": 2}, None),  # needs logprobs: true
     ({**OK, "top_logprobs": 21, "logprobs": True}, "top_logprobs"),
     ({**OK, "stream_options": {"include_usage": True}}, None),  # stream_options without stream
-    ({**OK, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({**OK, "tool_choice": "required"}, "tool_choice"),
-    ({**OK, "response_format": {"type": "json_object"}}, "response_format"),
-    ({**OK, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+    ({**OK, "tools": [{"type": "retrieval"}]}, "tools[0]"),
+    ({**OK, "tool_choice": "required"}, "tool_choice"),  # without tools
+    ({**OK, "response_format": {"type": "grammar"}}, "response_format.type"),
+    ({**OK, "response_format": {"type": "json_schema"}}, "response_format.json_schema"),
     ({**OK, "messages": [{"role": "user", "content": [{"type": "text", "text": "look"},
                                                       {"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content[1]"),
     ({**OK, "messages": [{"role": "assistant", "content": None,
-                          "tool_calls": [{"id": "1", "type": "function"}]}]}, "messages[0].tool_calls"),
+                          "tool_calls": [{"id": "1", "type": "function"}]}]}, "messages[0].tool_calls[0]"),
 ])
 def test_bad_chat_requests_are_400(proxy, body, param):
     err = _error(httpx.post(proxy.url + "/v1/chat/completions", json=body, timeout=30), 400, param=param)
@@ -110,8 +110,8 @@ def test_unknown_route_and_method(proxy):
 def test_sdk_sees_typed_errors_not_retries(client):
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=MODEL, messages=user("hi"), tools=[
-            {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
-    assert info.value.status_code == 400 and info.value.param == "tools"
+            {"type": "function", "function": {"name": "no spaces allowed", "parameters": {"type": "object"}}}])
+    assert info.value.status_code == 400 and info.value.param == "tools[0].function.name"
 
 
 # -- a restricted proxy: API keys, CORS, a queue of one ------------------------------------------
