@@ -40,9 +40,12 @@ import os
 
 import torch
 
-from talaria_wire import ntt
-from talaria_wire.he_params import DELTA, N, TAIL, expand_uniform, gaussian, ternary
-from talaria_wire.ring import PRIMES, W_BITS, limb_bits
+from cloud_backend.kernels import LinearCallError
+from talaria_wire import WireFormatError, decode_tensors, encode_tensors, ntt
+from talaria_wire.he_params import (DELTA, N, REQUEST_FIELDS, TAIL, expand_uniform, gaussian, max_answer_cols,
+                                    request_cap, ternary)
+from talaria_wire.ring import PRIMES, SEED_BYTES, W_BITS, limb_bits
+from talaria_wire.tensors import decode_metadata
 
 FLOOD_BITS = 150  # F uniform on [-2^149, 2^149): 2^150 values
 FLOOD_WORD = 30  # F = sum_l w_l 2^(30 l) - 2^149 with five 30-bit words
@@ -69,32 +72,49 @@ def _limb_layout(d: int) -> tuple[int, int]:
     return bits, -(-COEFF_BITS // bits)
 
 
-def ciphertext_matmul(w_bar: torch.Tensor, halves: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    """w_bar [d, o] float64 exact integers |.| <= 2^23; halves [d, H, P, N] int64 residues (H = 2:
-    a_hat, b) -> sum_j w_bar[j, k] halves[j] mod p, [o, H, P, N] int64, exactly.
-    The N axis is cut into `chunk`-wide blocks to bound the float64 temporaries."""
-    d, o = w_bar.shape
+def _check_gemm(w_bar: torch.Tensor, halves: torch.Tensor) -> None:
     if w_bar.dtype != torch.float64:
         raise ValueError(f"w_bar must be float64 (exact integers), got {w_bar.dtype}")
-    if halves.shape[0] != d:
-        raise ValueError(f"{halves.shape[0]} ciphertexts for an op with d = {d}")
+    if halves.shape[0] != w_bar.shape[0]:
+        raise ValueError(f"{halves.shape[0]} ciphertexts for an op with d = {w_bar.shape[0]}")
+
+
+def matmul_block(w_bar: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """w_bar [d, o] float64 exact integers |.| <= 2^23; block [d, H, P, c] int64 residues (a slice
+    of the coefficient axis) -> sum_j w_bar[j, k] block[j] mod p, [o, H, P, c] int64, exactly."""
+    _check_gemm(w_bar, block)
+    d, o = w_bar.shape
+    _, h, p_count, width = block.shape
     bits, limbs = _limb_layout(d)
     mask = (1 << bits) - 1
-    w_t = w_bar.t().contiguous()  # [o, d]
-    _, h, p_count, n = halves.shape
-    out = torch.empty((o, h, p_count, n), dtype=torch.int64, device=w_bar.device)
-    p = _P.to(w_bar.device)  # [P, 1]: broadcasts over [..., P, N]
-    shifts = [torch.tensor([pow(2, bits * k, q) for q in PRIMES], dtype=torch.int64, device=w_bar.device)[:, None]
-              for k in range(limbs)]
+    device = w_bar.device
+    block = block.to(device)
+    p = _P.to(device)  # [P, 1]: broadcasts over [..., P, c]
+    # limbs side by side: one GEMM reads W_bar once for all primes, halves and limbs
+    cols = torch.cat([((block >> (bits * k)) & mask).to(torch.float64).reshape(d, -1) for k in range(limbs)], dim=1)
+    prods = (w_bar.t() @ cols).to(torch.int64).view(o, limbs, h, p_count, width)  # exact: |.| < 2^53
+    acc = torch.remainder(prods[:, 0], p)
+    for k in range(1, limbs):
+        shift = torch.tensor([pow(2, bits * k, q) for q in PRIMES], dtype=torch.int64, device=device)[:, None]
+        acc = torch.remainder(acc + torch.remainder(prods[:, k], p) * shift, p)  # sum_k P_k 2^(L k) mod p
+    return acc
+
+
+def coeff_chunk(o: int, d: int, h: int = 2) -> int:
+    """Coefficients per GEMM block: its float64 products (o x limbs x H x P x chunk) stay near 64 MiB."""
+    return max(1, min(N, (8 << 20) // max(1, o * _limb_layout(d)[1] * h * len(PRIMES))))
+
+
+def ciphertext_matmul(w_bar: torch.Tensor, halves: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """halves [d, H, P, N] (H = 2: a_hat, b) -> [o, H, P, N]: `matmul_block` over the whole
+    coefficient axis, in blocks of `chunk` coefficients to bound the float64 temporaries."""
+    _check_gemm(w_bar, halves)
+    d, o = w_bar.shape
+    n = halves.shape[-1]
+    chunk = chunk or coeff_chunk(o, d, halves.shape[1])
+    out = torch.empty((o, *halves.shape[1:]), dtype=torch.int64, device=w_bar.device)
     for c0 in range(0, n, chunk):
-        block = halves[..., c0 : c0 + chunk].to(w_bar.device)  # [d, H, P, c]
-        width = block.shape[-1]
-        cols = torch.cat([((block >> (bits * k)) & mask).to(torch.float64).reshape(d, -1) for k in range(limbs)], dim=1)
-        prods = (w_t @ cols).to(torch.int64).view(o, limbs, h, p_count, width)  # exact: |.| < 2^53
-        acc = torch.remainder(prods[:, 0], p)
-        for k in range(1, limbs):
-            acc = torch.remainder(acc + torch.remainder(prods[:, k], p) * shifts[k], p)
-        out[..., c0 : c0 + width] = acc
+        out[..., c0 : c0 + chunk] = matmul_block(w_bar, halves[..., c0 : c0 + chunk])
     return out
 
 
@@ -150,3 +170,93 @@ def he_answer(w_bar: torch.Tensor, seed: bytes, b: torch.Tensor, pk_seed: bytes,
     rerandomise(answers, pk_seed, pk_b)
     answers = answers.to(torch.int32).cpu()
     return answers[:, 0].contiguous(), answers[:, 1].contiguous()
+
+
+# -- POST /v1/he/{op} ----------------------------------------------------------------------------
+
+
+def _op(service, name: str):
+    ops = getattr(service.kernel, "ops", None)
+    if service.scheme != "pad" or not isinstance(ops, dict):
+        raise LinearCallError(f"this cloud serves scheme {service.scheme!r}; he pads come from a pad cloud", 404)
+    if name not in ops:
+        raise LinearCallError(f"unknown op {name!r}; expected '<layer>.<qkv|o|gate_up|down>' or 'lm_head'", 404)
+    return ops[name]
+
+
+def body_cap(service, name: str) -> int:
+    """The largest body POST /v1/he/{name} accepts (its d ciphertext halves and the public key)."""
+    return request_cap(_op(service, name).d)
+
+
+def _residues(tensors: dict, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    x = tensors[name]
+    if x.dtype != torch.int32 or tuple(x.shape) != shape:
+        raise WireFormatError(f"'{name}' must be int32 {list(shape)}, got {x.dtype} {list(x.shape)}")
+    x = x.to(torch.int64)
+    if bool((x < 0).any()) or bool((x >= _P.view(*([1] * (len(shape) - 2)), -1, 1)).any()):
+        raise WireFormatError(f"'{name}': residues must lie in [0, p) for each prime of q")
+    return x
+
+
+def _seed(tensors: dict, name: str) -> bytes:
+    x = tensors[name]
+    if x.dtype != torch.uint8 or tuple(x.shape) != (SEED_BYTES,):
+        raise WireFormatError(f"'{name}' must be uint8 [{SEED_BYTES}], got {x.dtype} {list(x.shape)}")
+    return bytes(x.tolist())
+
+
+def _cols(spec: str, o: int) -> tuple[int, int]:
+    k0, k1 = 0, o
+    if spec:
+        try:
+            k0, k1 = (int(v) for v in spec.split(":"))
+        except ValueError:
+            raise WireFormatError(f"metadata cols must be 'k0:k1', got {spec!r}") from None
+    if not 0 <= k0 < k1 <= o:
+        raise WireFormatError(f"cols {k0}:{k1} outside the op's {o} output columns")
+    if k1 - k0 > max_answer_cols():
+        raise LinearCallError(f"at most {max_answer_cols()} output columns per request, asked for {k1 - k0}; "
+                              "ask for column ranges (metadata cols)", 413)
+    return k0, k1
+
+
+RERAND_COLS = 8  # answers re-randomised per compute job
+
+
+def parse_request(service, name: str, body: bytes):
+    """Validate a request body -> (FixedPointOp, halves [d, 2, P, N], (k0, k1), pk_seed, pk_b).
+    Raises WireFormatError (400) or LinearCallError (its status) for the caller's mistakes."""
+    fp = _op(service, name)
+    tensors = decode_tensors(body)
+    if set(tensors) != set(REQUEST_FIELDS):
+        raise WireFormatError(f"expected tensors {sorted(REQUEST_FIELDS)}, got {sorted(tensors)}")
+    cols = _cols(decode_metadata(body).get("cols", ""), fp.w_bar.shape[1])
+    b = _residues(tensors, "b", (fp.d, len(PRIMES), N))
+    pk_b = _residues(tensors, "pk_b", (len(PRIMES), N))
+    a_hat = expand_uniform(_seed(tensors, "seed"), "a", fp.d, N)
+    return fp, torch.stack([a_hat, b], dim=1), cols, _seed(tensors, "pk_seed"), pk_b
+
+
+async def serve(compute, service, name: str, body: bytes) -> bytes:
+    """One POST /v1/he/{op}, cut into compute-thread jobs of a fraction of a second each (GEMM
+    blocks over the coefficient axis, re-randomisation in groups of answers), so that the online
+    calls the same thread serves run in between instead of waiting for a whole batch."""
+    fp, halves, (k0, k1), pk_seed, pk_b = await compute.run(parse_request, service, name, body)
+    w_bar = fp.w_bar[:, k0:k1]
+    answers = torch.empty((k1 - k0, *halves.shape[1:]), dtype=torch.int64, device=w_bar.device)
+    chunk = coeff_chunk(k1 - k0, fp.d)
+
+    def gemm(c0: int) -> None:
+        answers[..., c0 : c0 + chunk] = matmul_block(w_bar, halves[..., c0 : c0 + chunk])
+
+    for c0 in range(0, N, chunk):
+        await compute.run(gemm, c0)
+    for j0 in range(0, k1 - k0, RERAND_COLS):
+        await compute.run(rerandomise, answers[j0 : j0 + RERAND_COLS], pk_seed, pk_b)
+
+    def encode() -> bytes:
+        out = answers.to(torch.int32).cpu()
+        return encode_tensors({"a": out[:, 0], "b": out[:, 1]})
+
+    return await compute.run(encode)

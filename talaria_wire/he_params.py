@@ -111,6 +111,12 @@ def expand_uniform(seed: bytes, label: str, count: int, n: int = N, primes: tupl
 # Residues are < 2^31 and travel as int32 (half the bytes of int64).
 REQUEST_FIELDS = ("b", "seed", "pk_seed", "pk_b")
 CT_BYTES = len(PRIMES) * N * 4  # one half of one ciphertext on the wire
+MAX_ANSWER_BYTES = 256 << 20  # one response at most: wider ops are asked for in column ranges
+
+
+def max_answer_cols(n: int = N) -> int:
+    """Output columns one request may ask for (each answer is two halves of P residue rows)."""
+    return MAX_ANSWER_BYTES // (2 * len(PRIMES) * n * 4)
 
 
 def request_cap(d: int, n: int = N) -> int:
