@@ -47,7 +47,16 @@ class MaskedLinearService:
         self.recorder = CallRecorder(record_dir, self.manifest, public) if record_dir else None
         self.calls = 0
 
-    # ReMO's public tensors by name (tests, the in-process transport)
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype a call's tensor must have (remo: the wire dtype; pad: int64)."""
+        return self.kernel.input_dtype
+
+    @property
+    def projected(self) -> bool:
+        return getattr(self.kernel, "projected", False)
+
+    # ReMO's public tensors by name (tests, benchmarks)
     @property
     def bases(self) -> dict[str, torch.Tensor]:
         return getattr(self.kernel, "bases", {})

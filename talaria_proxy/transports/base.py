@@ -76,3 +76,33 @@ def build_transport(name: str, session) -> LinearTransport:
         return TRANSPORTS[name](session)
     except KeyError:
         raise ValueError(f"unknown cloud transport {name!r}; expected one of {', '.join(sorted(TRANSPORTS))}") from None
+
+
+class CloudLink:
+    """A session and a transport to one cloud, for tools that make raw linear calls (tests,
+    benchmarks, the audit): `link.manifest()`, `link.linear(op, x)`, `link.close()`."""
+
+    def __init__(self, session, transport: LinearTransport):
+        self.session = session
+        self.transport = transport
+
+    def manifest(self):
+        return self.session.manifest()
+
+    def linear(self, op: str, tensor: torch.Tensor) -> torch.Tensor:
+        return self.transport.linear(op, tensor)
+
+    def begin(self, op: str, tensor: torch.Tensor) -> PendingCall:
+        return self.transport.begin(op, tensor)
+
+    def close(self) -> None:
+        self.transport.close()
+        self.session.close()
+
+
+def connect(base_url: str, api_key: str | None = None, *, transport: str = "tcp", **session_options) -> CloudLink:
+    """A CloudLink to the cloud at base_url over the named transport."""
+    from talaria_proxy.cloud_session import CloudSession
+
+    session = CloudSession(base_url, api_key, **session_options)
+    return CloudLink(session, build_transport(transport, session))

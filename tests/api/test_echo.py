@@ -109,11 +109,11 @@ def test_echo_without_logprobs_and_several_prompts(client):
 def test_only_echo_requests_pay_the_lm_head_on_every_row(prepared_model):
     """In-process engine: count the rows the LM head is called with."""
     from cloud_backend.service import MaskedLinearService
-    from talaria_proxy.linear_backend import InProcessLinearBackend
+    from talaria_proxy.transports.in_process import InProcessCloud
     from talaria_proxy.runtime import build_runtime
     from talaria_proxy.sampling import SamplingParams
 
-    class RowCounter(InProcessLinearBackend):
+    class RowCounter(InProcessCloud):
         lm_rows: list[int] = []
 
         def linear(self, op, x):

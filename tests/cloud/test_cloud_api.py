@@ -57,7 +57,7 @@ def test_full_reply_returns_x_times_w_plus_b(service):
 
 
 def test_recovery_tensor_is_basis_times_weight(client, service):
-    t = decode_tensors(client.get("/v1/recovery/lm_head").content)
+    t = decode_tensors(client.get("/v1/public/lm_head").content)
     torch.testing.assert_close(t["recovery"], t["basis"] @ service.model.ops["lm_head"].weight.double())
     eye = t["basis"] @ t["basis"].T
     torch.testing.assert_close(eye, torch.eye(eye.shape[0], dtype=eye.dtype))

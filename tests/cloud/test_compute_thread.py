@@ -78,7 +78,7 @@ def test_every_transport_runs_its_gemms_on_the_compute_thread(model, compute):
             with client.websocket_connect("/v1/linear-ws") as ws:
                 ws.send_bytes(encode_tensors({"x": x}, metadata={"op": "0.o"}))
                 assert set(decode_tensors(ws.receive_bytes())) == {"y"}
-            assert client.get("/v1/recovery/0.qkv").status_code == 200
+            assert client.get("/v1/public/0.qkv").status_code == 200
     finally:
         frames.stop()
     assert len(log.threads) == 5 and set(log.threads) == {compute.ident}

@@ -13,7 +13,8 @@ from cloud_backend.frame_server import FrameServer
 from cloud_backend.service import MaskedLinearService
 from talaria_proxy.errors import CloudRejected, CloudUnavailable
 from talaria_proxy.frame_client import FrameLink
-from talaria_proxy.linear_backend import HttpLinearBackend
+from talaria_proxy.cloud_session import CloudSession
+from talaria_proxy.transports import build_transport
 from talaria_wire.frames import CALL, ERROR, HELLO, REPLY, PeerClosed, recv_frame, send_frame, send_json
 
 
@@ -102,9 +103,10 @@ def test_a_cloud_without_a_frame_socket_is_a_clear_error():
     def health(request):
         return httpx.Response(200, json={"status": "ok", "frame_port": None})
 
-    backend = HttpLinearBackend("http://cloud.invalid:8100", transport="tcp")
-    backend._client = httpx.Client(base_url="http://cloud.invalid:8100", transport=httpx.MockTransport(health))
-    backend._op_index = {"0.o": 0}
+    session = CloudSession("http://cloud.invalid:8100")
+    session._client = httpx.Client(base_url="http://cloud.invalid:8100", transport=httpx.MockTransport(health))
+    session.op_index = {"0.o": 0}
+    frames = build_transport("tcp", session)
     with pytest.raises(CloudRejected, match="no frame socket.*cloud_transport"):
-        backend.linear("0.o", torch.zeros(1, 4, dtype=torch.float64))
-    backend.close()
+        frames.linear("0.o", torch.zeros(1, 4, dtype=torch.float64))
+    session.close()

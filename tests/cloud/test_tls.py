@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from talaria_proxy.errors import CloudRejected, CloudUnavailable
-from talaria_proxy.linear_backend import HttpLinearBackend
+from talaria_proxy.transports import connect
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 
@@ -53,8 +53,8 @@ def tls_cloud(tiny_model, tmp_path_factory):
 @pytest.mark.parametrize("transport", ["tcp", "websocket", "http"])
 def test_calls_over_tls_give_the_same_answers(tls_cloud, transport):
     url, _, cert, _ = tls_cloud
-    backend = HttpLinearBackend(url, "k1", transport=transport, ca_file=str(cert))
-    reference = HttpLinearBackend(url, "k1", transport="http", ca_file=str(cert))
+    backend = connect(url, "k1", transport=transport, ca_file=str(cert))
+    reference = connect(url, "k1", transport="http", ca_file=str(cert))
     try:
         d = backend.manifest().arch.hidden_size
         x = torch.randn(2, d, dtype=torch.float64)
@@ -66,7 +66,7 @@ def test_calls_over_tls_give_the_same_answers(tls_cloud, transport):
 
 def test_an_untrusted_certificate_is_refused(tls_cloud):
     url, _, _, other = tls_cloud
-    backend = HttpLinearBackend(url, "k1", transport="tcp", ca_file=str(other))
+    backend = connect(url, "k1", transport="tcp", ca_file=str(other))
     try:
         with pytest.raises(CloudUnavailable, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
             backend.manifest()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from talaria_proxy.errors import CloudRejected
-from talaria_proxy.linear_backend import HttpLinearBackend
+from talaria_proxy.transports import connect
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,8 @@ def cloud(tiny_model, tmp_path_factory):
 
 @pytest.mark.parametrize("transport", ["tcp", "websocket"])
 def test_transports_agree_and_report_bad_calls(cloud, transport):
-    backend = HttpLinearBackend(cloud.url, "k1", transport=transport)
-    reference = HttpLinearBackend(cloud.url, "k1", transport="http")
+    backend = connect(cloud.url, "k1", transport=transport)
+    reference = connect(cloud.url, "k1", transport="http")
     try:
         d = backend.manifest().arch.hidden_size
         x = torch.randn(3, d, dtype=torch.float64)
@@ -39,7 +39,7 @@ def test_transports_agree_and_report_bad_calls(cloud, transport):
 
 @pytest.mark.parametrize("transport", ["tcp", "websocket", "http"])
 def test_wrong_cloud_key_is_rejected(cloud, transport):
-    backend = HttpLinearBackend(cloud.url, "wrong", transport=transport)
+    backend = connect(cloud.url, "wrong", transport=transport)
     try:
         with pytest.raises(CloudRejected):
             backend.linear("0.qkv", torch.zeros(1, 64, dtype=torch.float64))

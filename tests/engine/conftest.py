@@ -1,4 +1,4 @@
-"""In-process engine fixtures: a cloud service in this process behind a spying backend."""
+"""In-process engine fixtures: a cloud service in this process behind a spying in-process transport."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 
 from cloud_backend.checkpoint import load_prepared_model
 from cloud_backend.service import MaskedLinearService
-from talaria_proxy.linear_backend import InProcessLinearBackend
+from talaria_proxy.transports.in_process import InProcessCloud
 
 
-class SpyBackend(InProcessLinearBackend):
+class SpyBackend(InProcessCloud):
     """Records every linear call as (op, x~ sent, y~ received)."""
 
     def __init__(self, service):

@@ -10,7 +10,7 @@ import pytest
 from support import free_port
 
 from talaria_proxy.errors import CloudUnavailable
-from talaria_proxy.linear_backend import HttpLinearBackend
+from talaria_proxy.cloud_session import CloudSession
 from talaria_proxy.runtime import build_runtime
 from talaria_proxy.sampling import SamplingParams
 
@@ -34,7 +34,7 @@ def test_cloud_killed_mid_generation_then_restarted(tiny_model, cloud_factory):
     model = tiny_model("qwen2")
     port = free_port()
     cloud = cloud_factory(model, port=port)
-    backend = HttpLinearBackend(cloud.url, timeout=5.0, connect_timeout=1.0)
+    backend = CloudSession(cloud.url, timeout=5.0, connect_timeout=1.0)
     rt = build_runtime(backend, "remo")
 
     async def scenario():
@@ -62,7 +62,7 @@ def test_cloud_restarted_with_other_bases_is_refused(tiny_model, cloud_factory):
     model = tiny_model("qwen2")
     port = free_port()
     cloud = cloud_factory(model, port=port)
-    backend = HttpLinearBackend(cloud.url, timeout=5.0)
+    backend = CloudSession(cloud.url, timeout=5.0)
     rt = build_runtime(backend, "remo")
     cloud.stop()
     cloud_factory(model, "--basis-seed", "99", port=port)  # masks built on the old bases would not cancel
@@ -80,7 +80,7 @@ def test_cloud_restarted_with_other_bases_is_refused(tiny_model, cloud_factory):
 
 def test_hung_cloud_times_out(tiny_model, cloud_factory):
     cloud = cloud_factory(tiny_model("qwen2"))
-    backend = HttpLinearBackend(cloud.url, timeout=1.5)
+    backend = CloudSession(cloud.url, timeout=1.5)
     rt = build_runtime(backend, "remo")
     try:
         async def scenario():
@@ -98,7 +98,7 @@ def test_hung_cloud_times_out(tiny_model, cloud_factory):
 
 
 def test_unreachable_cloud_at_start_fails_fast():
-    backend = HttpLinearBackend(f"http://127.0.0.1:{free_port()}", connect_timeout=1.0)
+    backend = CloudSession(f"http://127.0.0.1:{free_port()}", connect_timeout=1.0)
     t0 = time.monotonic()
     with pytest.raises(CloudUnavailable, match="unreachable"):
         build_runtime(backend, "remo")

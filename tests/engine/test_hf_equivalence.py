@@ -1,6 +1,7 @@
 """Done-when 1 of the engine issue: the split engine over HTTP equals HF transformers.
 
-For every architecture and for the schemes `remo` and `none`, 20 prompts x 64 greedy tokens
+For every architecture and for the schemes `remo`, `none` and `pad` (two pad clouds: compute and
+dealer), 20 prompts x 64 greedy tokens
 through proxy engine -> HTTP -> cloud subprocess must equal `generate(do_sample=False)` token
 for token, and the logits (teacher-forced on HF's tokens) must stay within 1e-3.
 """
@@ -14,7 +15,7 @@ import os
 import pytest
 import torch
 
-from talaria_proxy.linear_backend import HttpLinearBackend
+from talaria_proxy.cloud_session import CloudSession
 from talaria_proxy.model import SeqChunk
 from talaria_proxy.runtime import build_runtime
 from talaria_proxy.sampling import SamplingParams
@@ -73,10 +74,14 @@ def test_split_engine_matches_hf_generate(arch, tiny_model, cloud_factory):
     prompts_ = None
     refs = None
     report = {}
-    for scheme in ("remo", "none"):
-        backend = HttpLinearBackend(cloud.url)
+    pad_clouds = [cloud_factory(model_dir, "--scheme", "pad") for _ in ("compute", "dealer")]
+    for scheme in ("remo", "none", "pad"):
+        if scheme == "pad":
+            rt = build_runtime(CloudSession(pad_clouds[0].url), "pad", dealer=CloudSession(pad_clouds[1].url),
+                               pad_pool_bytes=16 << 20)
+        else:
+            rt = build_runtime(CloudSession(cloud.url), scheme)
         try:
-            rt = build_runtime(backend, scheme)
             if prompts_ is None:
                 prompts_ = make_prompts(rt.manifest.arch.vocab_size)
                 refs = hf_reference(model_dir, prompts_)
@@ -88,7 +93,7 @@ def test_split_engine_matches_hf_generate(arch, tiny_model, cloud_factory):
             report[scheme] = max_diff
             assert max_diff <= 1e-3, f"{arch}/{scheme}: max |logit diff| {max_diff:.3g} > 1e-3"
         finally:
-            backend.close()
+            rt.close()
     out = os.environ.get("TALARIA_EQUIVALENCE_REPORT")
     if out:  # collected into the issue note / README by `pytest ... -s` runs
         with open(out, "a") as fh:

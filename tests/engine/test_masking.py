@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from talaria_proxy.masking import NoMask, RemoMask, build_scheme
+from talaria_proxy.runtime import build_scheme
+from talaria_proxy.schemes.base import COMPUTE, SchemeMismatch
+from talaria_proxy.schemes.remo import NoMask, RemoMask
 from talaria_wire import ArchSpec, Manifest, MaskingSpec, public_basis
 
 
@@ -21,8 +23,8 @@ class PublicTensors:
         self.basis = public_basis(0, "0.o", rank, w.shape[0])
         self.w = w
 
-    def public_tensors(self, op):
-        return self.basis, self.basis @ self.w
+    def public(self, op):
+        return {"basis": self.basis, "recovery": self.basis @ self.w}
 
 
 @pytest.mark.parametrize("scale", [0.1, 10.0, 100.0])
@@ -31,8 +33,9 @@ def test_remo_recovers_xw_exactly_in_float64(scale):
     w = torch.randn(64, 48, generator=g, dtype=torch.float64)
     x = torch.randn(7, 64, generator=g)
     scheme = RemoMask(manifest(), mask_scale=scale, seed=1)
-    scheme.prepare("0.o", PublicTensors(w, 16))
+    scheme.prepare("0.o", PublicTensors(w, 16).public("0.o"))
     x_masked, secret = scheme.mask("0.o", x)
+    x_masked = x_masked[COMPUTE]
     # the mask is as large as asked for, so the cloud never sees x ...
     ratio = (x_masked - x.double()).norm(dim=1) / x.double().norm(dim=1)
     assert ratio.min() > scale * 0.3
@@ -46,15 +49,15 @@ def remo_on_o(m, seed: int) -> tuple[RemoMask, PublicTensors]:
     """A ReMO scheme prepared for op 0.o (d 64 -> 8, rank 16) and the op's public tensors."""
     pub = PublicTensors(torch.randn(64, 8, dtype=torch.float64), 16)
     scheme = RemoMask(m, seed=seed)
-    scheme.prepare("0.o", pub)
+    scheme.prepare("0.o", pub.public("0.o"))
     return scheme, pub
 
 
 def test_masks_are_fresh_per_call_and_live_in_the_public_subspace():
     scheme, pub = remo_on_o(manifest(), seed=3)
     x = torch.randn(2, 64)
-    a, _ = scheme.mask("0.o", x)
-    b, _ = scheme.mask("0.o", x)
+    a = scheme.mask("0.o", x)[0][COMPUTE]
+    b = scheme.mask("0.o", x)[0][COMPUTE]
     assert not torch.allclose(a, b)
     delta = a - x.double()
     in_span = delta @ pub.basis.T @ pub.basis  # projection onto span(M_pub)
@@ -66,7 +69,7 @@ def test_none_scheme_sends_plaintext_and_registry_rejects_unknown():
     scheme = build_scheme("none", manifest())
     assert isinstance(scheme, NoMask)
     sent, _ = scheme.mask("0.o", x)
-    assert torch.equal(sent, x.double())
+    assert torch.equal(sent[COMPUTE], x.double())
     with pytest.raises(ValueError, match="unknown masking scheme"):
         build_scheme("lwe", manifest())
 
@@ -83,10 +86,11 @@ def test_projected_answers_are_finished_with_the_cvm_share():
     x = torch.randn(5, 64, generator=g)
     for name in ("remo", "none"):
         scheme = build_scheme(name, projected_manifest())
-        scheme.prepare("0.o", pub)
-        x_masked, secret = scheme.mask("0.o", x)
+        scheme.prepare("0.o", pub.public("0.o"))
+        payloads, secret = scheme.mask("0.o", x)
+        x_masked = payloads[COMPUTE]
         z = ((x_masked - (x_masked @ pub.basis.T) @ pub.basis) @ w).float()  # what the cloud sends back
-        y = scheme.finish("0.o", z, secret, scheme.completion("0.o", x))
+        y = scheme.finish("0.o", {COMPUTE: z}, secret, scheme.completion("0.o", x, secret))
         ref = (x.double() @ w).float()
         assert (y - ref).abs().max() / ref.abs().max() < 1e-5
         # without the share the answer is wrong: the test can fail
@@ -98,22 +102,23 @@ def test_prefetched_masks_are_used_once_and_only_for_their_shape():
     x = torch.randn(3, 64)
     scheme.prefetch("0.o", 3)
     g_ahead, direction = scheme._ahead["0.o"]
-    a, secret_a = scheme.mask("0.o", x)  # uses the prefetched draw ...
+    payloads, secret_a = scheme.mask("0.o", x)  # uses the prefetched draw ...
+    a = payloads[COMPUTE]
     torch.testing.assert_close(secret_a @ pub.basis, a - x.double())
     torch.testing.assert_close(secret_a / secret_a[:, :1], g_ahead / g_ahead[:, :1])  # same direction
     assert "0.o" not in scheme._ahead  # ... and drops it
-    b, secret_b = scheme.mask("0.o", x)  # a fresh draw
+    _, secret_b = scheme.mask("0.o", x)  # a fresh draw
     assert not torch.allclose(secret_a, secret_b)
     scheme.prefetch("0.o", 2)  # drawn for 2 rows: never stretched over 3
-    c, secret_c = scheme.mask("0.o", x)
+    payloads, secret_c = scheme.mask("0.o", x)
+    c = payloads[COMPUTE]
     assert secret_c.shape == (3, 16) and "0.o" not in scheme._ahead
     torch.testing.assert_close(secret_c @ pub.basis, c - x.double())
 
 
-def test_a_scheme_whose_masks_leave_the_basis_refuses_projected_answers():
-    class Outside(NoMask):
-        name = "outside"
-        mask_in_basis_span = False
-
-    with pytest.raises(ValueError, match="reply: full"):
-        Outside(projected_manifest())
+def test_a_scheme_on_a_cloud_with_another_kernel_is_refused():
+    pad_cloud = manifest().model_copy(update={"scheme": "pad"})
+    with pytest.raises(SchemeMismatch, match="needs a cloud started with scheme 'remo'"):
+        RemoMask(pad_cloud)
+    with pytest.raises(SchemeMismatch):
+        NoMask(pad_cloud)

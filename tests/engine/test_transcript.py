@@ -9,8 +9,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from talaria_proxy.linear_backend import HttpLinearBackend
-from talaria_proxy.masking import RemoMask
+from talaria_proxy.cloud_session import CloudSession
+from talaria_proxy.schemes.base import COMPUTE
+from talaria_proxy.schemes.remo import RemoMask
 from talaria_proxy.runtime import build_runtime
 from talaria_proxy.sampling import SamplingParams
 
@@ -23,19 +24,19 @@ class RecordingRemo(RemoMask):
         self.log = []
 
     def mask(self, op, x):
-        x_masked, coeff = super().mask(op, x)
-        self.log.append((op, x.double(), x_masked.clone(), coeff.clone()))
-        return x_masked, coeff
+        payloads, coeff = super().mask(op, x)
+        self.log.append((op, x.double(), payloads[COMPUTE].clone(), coeff.clone()))
+        return payloads, coeff
 
 
 def test_recorded_transcript_equals_sent_and_differs_by_exactly_the_mask(tiny_model, cloud_factory, tmp_path):
     record = tmp_path / "record"
     cloud = cloud_factory(tiny_model("qwen2"), "--record", str(record), "--mask-rank", "8")
-    backend = HttpLinearBackend(cloud.url)
+    backend = CloudSession(cloud.url)
     rt = build_runtime(backend, "remo")
     spy = RecordingRemo(rt.manifest)
     for op in rt.linear.scheme.basis:
-        spy.prepare(op, backend)
+        spy.prepare(op, backend.public(op))
     rt.linear.scheme = spy
 
     async def go():
