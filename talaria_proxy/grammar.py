@@ -30,12 +30,12 @@ Shape legend: V vocab (the model's rows of logits), W = ceil(V/32) mask words.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import threading
 from typing import Any
 
 import llguidance
+import numpy
 import torch
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ CLOSE_WINDOW = 64  # the closing is simulated only when at most this many tokens
 CLOSE_MARGIN = 8  # one token can open several structures (`[{"`): switch with this much to spare
 CLOSERS = ("}", "]", ",", "0", '"', "{", "[")  # preference order of the closing outside strings
 STRING_PROBE = "a"  # allowed inside a string, never at a key or value position
-_SHIFTS = torch.arange(32, dtype=torch.int32)  # bit j of every mask word
 
 
 class GrammarError(ValueError):
@@ -91,6 +90,9 @@ class GrammarCompiler:
             return self._tokenizer
 
     def _build(self) -> None:
+        if isinstance(self.hf_tokenizer, llguidance.LLTokenizer):  # prebuilt (benchmarks, tests)
+            self._finish_build(self.hf_tokenizer)
+            return
         backend = getattr(self.hf_tokenizer, "backend_tokenizer", None)
         if backend is None:
             self._error = "structured outputs need a fast (tokenizers) tokenizer, which this model does not have"
@@ -98,7 +100,9 @@ class GrammarCompiler:
         backend = copy.copy(backend)  # the copy's padding and truncation settings are ours to drop
         backend.no_padding()
         backend.no_truncation()
-        tok = llguidance.LLTokenizer(backend.to_str(), n_vocab=self.vocab_size, eos_token=self.eos_ids)
+        self._finish_build(llguidance.LLTokenizer(backend.to_str(), n_vocab=self.vocab_size, eos_token=self.eos_ids))
+
+    def _finish_build(self, tok: llguidance.LLTokenizer) -> None:
         single = {}
         for text in (*CLOSERS, STRING_PROBE):
             ids = tok.tokenize_str(text)
@@ -157,28 +161,37 @@ class GrammarConstraint:
         self.matcher = matcher
         self.remaining = max_tokens  # tokens this sequence may still generate
         self.closing = False
-        self.words = torch.empty((grammar.vocab_size + 31) // 32, dtype=torch.int32)  # [W]
+        self.words = numpy.zeros((grammar.vocab_size + 31) // 32, dtype=numpy.uint32)  # [W]
 
-    def allowed(self, matcher=None) -> torch.Tensor:
-        """bool [V]: the tokens the grammar accepts next."""
-        matcher = self.matcher if matcher is None else matcher
-        matcher.unsafe_compute_mask_ptr(self.words.data_ptr(), self.words.numel() * 4)
-        bits = (self.words.unsqueeze(1) >> _SHIFTS) & 1  # [W, 32], bit j of word w is token 32w + j
-        return bits.view(-1)[: self.grammar.vocab_size].bool()
+    def _fill(self, matcher) -> bool:
+        """The next mask into `words`; False when nothing is allowed."""
+        matcher.unsafe_compute_mask_ptr(self.words.ctypes.data, self.words.nbytes)
+        return bool(self.words.any())
+
+    def _has(self, token: int) -> bool:
+        return token < self.grammar.vocab_size and bool((self.words[token >> 5] >> (token & 31)) & 1)
+
+    def allowed(self) -> torch.Tensor:
+        """bool [V]: the tokens the grammar accepts next (bit j of word w is token 32w + j)."""
+        self._fill(self.matcher)
+        return torch.from_numpy(self._bits()).bool()
+
+    def _bits(self) -> numpy.ndarray:
+        return numpy.unpackbits(self.words.view(numpy.uint8), bitorder="little", count=self.grammar.vocab_size)
 
     def restrict(self, logits: torch.Tensor) -> int | None:
         """Mask logits [V] in place; return a token to take instead of sampling (the closing)."""
-        allowed = self.allowed()
-        if not allowed.any():  # only after an internal error: end the answer rather than fail the batch
+        if not self._fill(self.matcher):  # only after an internal error: end the answer, not the batch
             log.warning("grammar matcher has no allowed token (%s); ending the sequence",
                         self.matcher.get_error() or "stopped")
             return self.grammar.eos_ids[0] if self.grammar.eos_ids else int(torch.argmax(logits))
         if not self.closing and self.remaining <= CLOSE_WINDOW:
-            needed = self._closing_length(self.remaining)
+            needed = self._closing_length(self.remaining)  # overwrites `words`: fill again below
             self.closing = needed is None or needed + CLOSE_MARGIN >= self.remaining
+            self._fill(self.matcher)
         if self.closing:
-            return self._closing_token(self.matcher, allowed)
-        logits.masked_fill_(~allowed, float("-inf"))
+            return self._closing_token(self.matcher)
+        logits.masked_fill_(torch.from_numpy(self._bits() == 0), float("-inf"))
         return None
 
     def accept(self, token: int) -> None:
@@ -186,39 +199,34 @@ class GrammarConstraint:
         if not self.matcher.consume_token(token):
             log.warning("grammar matcher refused a sampled token: %s", self.matcher.get_error())
 
-    def _closing_token(self, matcher, allowed: torch.Tensor) -> int:
+    def _closing_token(self, matcher) -> int:
+        """The next token of the closing, from the mask in `words` (bit tests, no unpacking)."""
         g = self.grammar
         for eos in g.eos_ids:
-            if eos < allowed.numel() and allowed[eos]:
+            if self._has(eos):
                 return eos
-        in_string = g.probe is not None and bool(allowed[g.probe])
-        if in_string:
-            if g.quote is not None and allowed[g.quote]:
+        if g.probe is not None and self._has(g.probe):  # inside a string: end it
+            if g.quote is not None and self._has(g.quote):
                 return g.quote
         else:
             for token in g.closers:
-                if allowed[token]:
+                if self._has(token):
                     return token
         forced = matcher.compute_ff_tokens()
         if forced:
             return forced[0]
-        return int(allowed.nonzero()[0])
+        word = int(numpy.flatnonzero(self.words)[0])
+        return 32 * word + (int(self.words[word]) & -int(self.words[word])).bit_length() - 1  # lowest set bit
 
     def _closing_length(self, limit: int) -> int | None:
         """Tokens the closing takes from here (EOS included), or None if more than `limit`."""
         sim = self.matcher.deep_copy()
         for steps in range(1, limit + 1):
-            allowed = self.allowed(sim)
-            if not allowed.any():
+            if not self._fill(sim):
                 return None
-            token = self._closing_token(sim, allowed)
+            token = self._closing_token(sim)
             if token in self.grammar.eos_ids:
                 return steps
             if not sim.consume_token(token):
                 return None
         return None
-
-
-def json_text(value: Any) -> str:
-    """JSON in the layout the grammar enforces (what json.dumps writes)."""
-    return json.dumps(value, ensure_ascii=False)
