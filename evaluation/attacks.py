@@ -30,6 +30,13 @@ PCA_GAP = 10.0  # eigenvalue ratio lambda_k / lambda_{k+1} that counts as "abnor
 MASK_ENERGY_RATIO = 4.0  # per-dimension energy in span(U) vs. its complement that signals a mask
 
 
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Each row scaled to unit norm (zero rows stay zero), float64: for rows known only up to a
+    positive factor (the pad scheme's secret exponents), compared by direction."""
+    x = x.double()
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
+
+
 def project_out(x: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
     """P x = x - (x U^T) U for every row; x [n, d], U [k, d] orthonormal rows. float64."""
     x = x.double()
@@ -40,16 +47,19 @@ def project_out(x: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
 
 
 def nearest(obs: torch.Tensor, table: torch.Tensor, remove: torch.Tensor | None = None,
-            chunk: int = 512) -> torch.Tensor:
-    """Index of the nearest table row to each observation after projecting out span(remove).
+            chunk: int = 512, normalize: bool = False) -> torch.Tensor:
+    """Index of the nearest table row to each observation after projecting out span(remove)
+    (`normalize`: both sides as unit rows after the projection, i.e. by angle).
 
     obs [n, d], table [C, d] -> [n]. ||P(o - c)||^2 = ||Po||^2 - 2 Po.Pc + ||Pc||^2.
     """
     ref = project_out(table, remove)  # [C, d]
+    ref = unit_rows(ref) if normalize else ref
     ref_sq = ref.pow(2).sum(1)  # [C]
     out = []
     for start in range(0, obs.shape[0], chunk):
         o = project_out(obs[start : start + chunk], remove)  # [c, d]
+        o = unit_rows(o) if normalize else o
         dist = o.pow(2).sum(1, keepdim=True) - 2 * o @ ref.T + ref_sq[None, :]  # [c, C]
         out.append(dist.argmin(1))
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
@@ -106,6 +116,7 @@ class MatchVariant:
     op: str
     obs: torch.Tensor  # observed rows of the op [n, d]
     remove: torch.Tensor | None = None  # U [k, d]
+    normalize: bool = False  # compare unit rows (observations known only up to a positive factor)
 
 
 def match_tokens(model, variants: list[MatchVariant], segments, candidates: torch.Tensor,
@@ -123,6 +134,7 @@ def match_tokens(model, variants: list[MatchVariant], segments, candidates: torc
     keys = [OpKey.parse(v.op) for v in variants]
     depth = [(k.layer, order[k.op]) for k in keys]
     obs_p = [project_out(v.obs, v.remove) for v in variants]  # [n, d] each
+    obs_p = [unit_rows(o) if v.normalize else o for o, v in zip(obs_p, variants)]
     preds = [torch.full((v.obs.shape[0],), -1, dtype=torch.long) for v in variants]
     t0 = time.monotonic()
     passes = 0
@@ -151,6 +163,7 @@ def match_tokens(model, variants: list[MatchVariant], segments, candidates: torc
                 for g, (_, members) in enumerate(batch):
                     for j in members:
                         ref = project_out(captured[variants[j].op][g], variants[j].remove)  # [C, d]
+                        ref = unit_rows(ref) if variants[j].normalize else ref
                         best = int((ref - obs_p[j][row]).pow(2).sum(1).argmin())
                         preds[j][row] = candidates[best]
                         prefixes[j].append(best)

@@ -4,7 +4,9 @@ The `Attacker` is built from what the cloud knows (checkpoint path: weights, arc
 tokenizer) and is handed a record directory (`evaluation.transcript`); it never sees truth.json.
 Scoring happens afterwards, in `score`, on the attacker's predicted token id per received row.
 
-Attacks (names used in the tables); A1-A5 as in the audit issue:
+Attacks (names used in the tables); A1-A5 as in the audit issue. On a pad transcript (read as unit
+rows, evaluation.pad_views) every comparison is by direction, PCA ranks are read off the spectrum,
+and inv-aug trains on simulated pads; nn-proj and inv-proj need public bases and do not apply:
     nn         A1  layer-0 qkv rows vs. rmsnorm(E), full space
     nn-proj    A2  the same in the complement of span(M_pub)                  (public basis)
     nn-pca     A4  the same in the complement of the top-m principal directions of the observed
@@ -63,7 +65,7 @@ class Attacker:
         self.candidates = torch.arange(vocab)  # [C]
         self.table = self.model.normalized_embeddings()[self.candidates].double()  # rmsnorm(E): [C, d]
         self._train: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
-        self._clean_inverters: dict[str, inv.Inverter] = {}  # independent of the setting: train once
+        self._clean_inverters: dict[tuple[str, bool], inv.Inverter] = {}  # per (op, unit rows): train once
 
     # -- the attacker's own data -------------------------------------------------------------
     def training_rows(self, ops: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -84,41 +86,54 @@ class Attacker:
         return inv.train_inverter(features, labels, len(self.candidates), self.cfg.inverter, augment)
 
     # -- one transcript ------------------------------------------------------------------------
-    def attack(self, record_dir: str | Path) -> dict[str, dict[str, dict]]:
-        """{attack: {op: {'pred': [n] token ids, ...details}}} for the transcript in `record_dir`."""
-        tr: Transcript = load_transcript(record_dir)
+    def attack(self, record: str | Path | Transcript) -> dict[str, dict[str, dict]]:
+        """{attack: {op: {'pred': [n] token ids, ...details}}} for a record directory, or for a
+        transcript already read the way its attacker reads it (evaluation.pad_views).
+
+        Attacks that need material the transcript lacks are left out: without public bases (pad
+        clouds) nn-proj and inv-proj; inv-aug needs a mask to simulate (ReMO's bases or pads)."""
+        tr: Transcript = record if isinstance(record, Transcript) else load_transcript(record)
         ops = self.cfg.ops or tr.block_ops
         segments = tr.segments()
-        results: dict[str, dict[str, dict]] = {a: {} for a in self.cfg.attacks}
         wanted = set(self.cfg.attacks)
+        if not tr.bases:
+            wanted -= {"nn-proj", "inv-proj"}
+        if not tr.bases and tr.mask != "pad":
+            wanted.discard("inv-aug")
+        results: dict[str, dict[str, dict]] = {a: {} for a in self.cfg.attacks if a in wanted}
         say = self.progress
+        norm = tr.scale_free
+
+        def rank(op: str) -> int | None:  # the public rank m of a remo op; None: read it off the spectrum
+            return tr.manifest.op(op).rank if tr.bases else None
 
         layer0 = tr.block_ops[0]
         if wanted & set(LAYER0_ATTACKS):
             obs = tr.observations(layer0)
             t0 = time.monotonic()
             if "nn" in wanted:
-                results["nn"][layer0] = {"pred": self.candidates[A.nearest(obs, self.table)]}
+                results["nn"][layer0] = {"pred": self.candidates[A.nearest(obs, self.table, normalize=norm)]}
             if "nn-proj" in wanted:
                 results["nn-proj"][layer0] = {"pred": self.candidates[A.nearest(obs, self.table, tr.bases[layer0])]}
             if "nn-pca" in wanted:
-                est = A.estimate_mask_subspace(obs, tr.manifest.op(layer0).rank)
-                results["nn-pca"][layer0] = {"pred": self.candidates[A.nearest(obs, self.table, est.basis)],
+                est = A.estimate_mask_subspace(obs, rank(layer0))
+                results["nn-pca"][layer0] = {"pred": self.candidates[A.nearest(obs, self.table, est.basis, normalize=norm)],
                                              "pca_rank": est.basis.shape[0], "pca_gap": est.gap}
             say(f"  layer-0 nearest-neighbour attacks ({time.monotonic() - t0:.1f}s)")
 
         t0 = time.monotonic()
         variants, slots = [], []  # every (attack, op) matcher, run together (shared passes)
         for op in ops:
-            obs, basis = tr.observations(op), tr.bases[op]
+            obs, basis = tr.observations(op), tr.bases.get(op)
             if "match" in wanted:
-                ratio = A.mask_energy_ratio(obs, basis)
-                remove = basis if ratio > A.MASK_ENERGY_RATIO else None
-                variants.append(A.MatchVariant(op, obs, remove))
-                slots.append(("match", op, {"projected": remove is not None, "energy_ratio": ratio}))
+                ratio = A.mask_energy_ratio(obs, basis) if basis is not None else None
+                remove = basis if ratio is not None and ratio > A.MASK_ENERGY_RATIO else None
+                variants.append(A.MatchVariant(op, obs, remove, norm))
+                info = {} if ratio is None else {"projected": remove is not None, "energy_ratio": ratio}
+                slots.append(("match", op, info))
             if "match-pca" in wanted:
-                est = A.estimate_mask_subspace(obs, tr.manifest.op(op).rank)
-                variants.append(A.MatchVariant(op, obs, est.basis))
+                est = A.estimate_mask_subspace(obs, rank(op))
+                variants.append(A.MatchVariant(op, obs, est.basis, norm))
                 slots.append(("match-pca", op, {"pca_rank": est.basis.shape[0], "pca_gap": est.gap}))
         if variants:
             preds = A.match_tokens(self.model, variants, segments, self.candidates, say)
@@ -126,31 +141,47 @@ class Attacker:
                 results[attack][op] = {"pred": pred, **info}
             say(f"  matchers: {len(variants)} variants in {time.monotonic() - t0:.1f}s")
 
+        if wanted & {"inv", "inv-aug", "inv-proj"}:
+            self._inverters(tr, ops, wanted, results)
+        return results
+
+    def _inverters(self, tr: Transcript, ops: list[str], wanted: set[str], results: dict) -> None:
+        from evaluation.pad_views import simulate_pad
+
+        feats, labels = self.training_rows(ops)
+        norm = tr.scale_free
         for op in ops:
             obs = tr.observations(op)  # [n, d]
-            basis = tr.bases[op]  # M_pub [m, d]
+            basis = tr.bases.get(op)  # M_pub [m, d] (remo clouds)
+            x_train = feats[op]
             t1 = time.monotonic()
-            if wanted & {"inv", "inv-aug", "inv-proj"}:
-                feats, labels = self.training_rows(ops)
-                x_train = feats[op]
-                if "inv" in wanted:
-                    if op not in self._clean_inverters:
-                        self._clean_inverters[op] = self._inverter(op, x_train, labels)
-                    results["inv"][op] = {"pred": self.candidates[self._clean_inverters[op].predict(obs)]}
-                if "inv-aug" in wanted:
-                    scale = inv.estimate_mask_scale(obs, basis)
+            if "inv" in wanted:
+                key = (op, norm)
+                if key not in self._clean_inverters:
+                    self._clean_inverters[key] = self._inverter(op, A.unit_rows(x_train).float() if norm else x_train, labels)
+                results["inv"][op] = {"pred": self.candidates[self._clean_inverters[key].predict(obs)]}
+            if "inv-aug" in wanted and tr.mask == "pad":
+                spec = tr.manifest.op(op)
 
-                    def augment(x, gen, basis=basis, scale=scale):
-                        return inv.simulate_remo(x, basis, scale, gen)
+                def augment(x, gen, spec=spec):
+                    return simulate_pad(x, spec.w_norm_bits, spec.bias, gen)
 
-                    model = self._inverter(op, x_train, labels, augment)
-                    results["inv-aug"][op] = {"pred": self.candidates[model.predict(obs)], "mask_scale_est": scale}
-                if "inv-proj" in wanted:
-                    model = self._inverter(op, A.project_out(x_train, basis).float(), labels)
-                    pred = model.predict(A.project_out(obs, basis).float())
-                    results["inv-proj"][op] = {"pred": self.candidates[pred]}
-                say(f"  {op}: inverters {time.monotonic() - t1:.1f}s")
-        return results
+                model = self._inverter(op, x_train, labels, augment)
+                results["inv-aug"][op] = {"pred": self.candidates[model.predict(obs)]}
+            elif "inv-aug" in wanted:
+                scale = inv.estimate_mask_scale(obs, basis)
+
+                def augment(x, gen, basis=basis, scale=scale):
+                    return inv.simulate_remo(x, basis, scale, gen)
+
+                model = self._inverter(op, x_train, labels, augment)
+                results["inv-aug"][op] = {"pred": self.candidates[model.predict(obs)], "mask_scale_est": scale}
+            if "inv-proj" in wanted:
+                model = self._inverter(op, A.project_out(x_train, basis).float(), labels)
+                pred = model.predict(A.project_out(obs, basis).float())
+                results["inv-proj"][op] = {"pred": self.candidates[pred]}
+            say = self.progress
+            say(f"  {op}: inverters {time.monotonic() - t1:.1f}s")
 
 
 def score(results: dict[str, dict[str, dict]], truth: dict) -> dict[str, dict[str, dict]]:

@@ -1,11 +1,13 @@
 """`talaria eval privacy [--quick]`: the privacy audit of the Talaria split (arXiv 2603.00196).
 
-For each setting (scheme 'none', then ReMO at several ranks m) the harness runs the prompt set
-through the real proxy and a recording cloud over HTTP (`evaluation.harness`); the attacker
-(`evaluation.audit`) then reads only the record directory and the checkpoint, and its guesses are
-scored against the harness's ground truth. Output: privacy.md, privacy.json, privacy.png in --out,
-and the table on stdout. The unmasked split must come out >= 97.5% recovered at layer 0, or the
-attacks are too weak to say anything about ReMO (exit code 3).
+For each setting (scheme 'none', ReMO at several ranks m, then `pad` with its pad sources) the
+harness runs the prompt set through the real proxy and recording clouds (`evaluation.harness`);
+the attacker (`evaluation.audit`) then reads only a record directory (or, for pad, each party's
+records: `evaluation.pad_audit`) and the checkpoint, and its guesses are scored against the
+harness's ground truth. Output: privacy.md, privacy.json, privacy.png in --out, and the table on
+stdout. The unmasked split must come out >= 97.5% recovered at layer 0, or the attacks are too
+weak to say anything about the masks (exit code 3); so must the colluding pad clouds, or the
+attacks cannot read the pad scheme's number format.
 
 Module-level imports stay light: `talaria --help` imports this file.
 """
@@ -35,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="prompt file, one prompt per line")
     p.add_argument("--num-prompts", type=int, help="use the first N prompts (default: all; --quick: 8)")
     p.add_argument("--ranks", help="comma-separated ReMO ranks (default 16,64,256,d/2; capped at d_in-1 per op)")
+    p.add_argument("--schemes", default="none,remo,pad/dealer",
+                   help="comma-separated settings to audit: none, remo (every rank of --ranks), pad/dealer, "
+                        "pad/he (default none,remo,pad/dealer; none always runs first, as the baseline)")
     p.add_argument("--ops", help="comma-separated block ops to attack, e.g. 0.qkv,1.down (default: all)")
     p.add_argument("--attacks", help="comma-separated subset of attacks (default: all)")
     p.add_argument("--max-tokens", type=int, default=4, help="greedy tokens generated per prompt (default 4)")
@@ -113,8 +118,12 @@ def _audit(args, attacks: tuple[str, ...], workdir: Path) -> dict:
         ranks = [int(r) for r in args.ranks.split(",")]
     else:  # the service caps m at d_in - 1 per op, so on a small model 64 and 256 probe m = d - 1
         ranks = sorted({16, 64, d // 2} if args.quick else {16, 64, 256, d // 2})
+    schemes = [x.strip() for x in args.schemes.split(",") if x.strip()]
+    if unknown := set(schemes) - {"none", "remo", "pad/dealer", "pad/he"}:
+        raise SystemExit(f"talaria eval privacy: unknown --schemes {sorted(unknown)}")
     # 'none' sends x itself; its cloud still publishes bases (rank irrelevant), so nn-proj etc. run on it too.
-    settings = [Setting("none", min(ranks))] + [Setting("remo", r) for r in ranks]
+    settings = [Setting("none", min(ranks))] + ([Setting("remo", r) for r in ranks] if "remo" in schemes else [])
+    settings += [Setting("pad", pad_source=x.split("/")[1]) for x in ("pad/dealer", "pad/he") if x in schemes]
     cfg = AuditConfig(
         attacks=attacks,
         ops=args.ops.split(",") if args.ops else None,
@@ -135,16 +144,17 @@ def _audit(args, attacks: tuple[str, ...], workdir: Path) -> dict:
                    "inverter": vars(cfg.inverter), "inverter_seqs": cfg.inverter_seqs,
                    "inverter_len": cfg.inverter_len, "threads": args.threads},
         "settings": [],
+        "uniformity": [],
     }
     # A small checkpoint's next cloud loads while this setting runs; a large one waits (memory).
     prefetch = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) < PREFETCH_BYTES
-    clouds = {0: start_cloud(model_dir, settings[0], workdir / settings[0].label)}
+    clouds = {0: start_cloud(model_dir, settings[0], workdir / settings[0].dirname)}
     try:
         for k, setting in enumerate(settings):
             if k > 0 and k not in clouds:
-                clouds[k] = start_cloud(model_dir, setting, workdir / setting.label)
+                clouds[k] = start_cloud(model_dir, setting, workdir / setting.dirname)
             if prefetch and k + 1 < len(settings):
-                clouds[k + 1] = start_cloud(model_dir, settings[k + 1], workdir / settings[k + 1].label)
+                clouds[k + 1] = start_cloud(model_dir, settings[k + 1], workdir / settings[k + 1].dirname)
             _audit_setting(args, attacker, setting, clouds[k], model_dir, prompts, workdir, report)
     finally:
         for cloud in clouds.values():
@@ -159,11 +169,20 @@ def _audit_setting(args, attacker, setting, cloud, model_dir: Path, prompts: lis
 
     _say(f"[{setting.label}] collecting transcript through proxy + cloud")
     t0 = time.monotonic()
-    record_dir, truth = collect(model_dir, setting, prompts, workdir / setting.label, args.max_tokens,
-                                progress=_say, cloud=cloud)
+    work = workdir / setting.dirname
+    record_dir, truth = collect(model_dir, setting, prompts, work, args.max_tokens, progress=_say, cloud=cloud,
+                                xbar_ops=attacker.cfg.ops)
     rows = sum(map(len, truth["steps"]))
     t1 = time.monotonic()
     _say(f"[{setting.label}] {rows} rows in {len(truth['steps'])} steps ({t1 - t0:.0f}s); attacking")
+    report.setdefault("majority", _majority(truth))
+    if setting.scheme == "pad":
+        from evaluation.pad_audit import audit_pad
+
+        entries, uniform = audit_pad(attacker, setting, work, truth, t1 - t0, _say)
+        report["settings"].extend(entries)
+        report["uniformity"].append(uniform)
+        return
     scored = score(attacker.attack(record_dir), truth)  # the attacker is handed record_dir only
     report["settings"].append({
         "label": setting.label, "scheme": setting.scheme, "rank": setting.rank,
@@ -174,12 +193,26 @@ def _audit_setting(args, attacker, setting, cloud, model_dir: Path, prompts: lis
     _say(f"[{setting.label}] done in {time.monotonic() - t0:.0f}s; best {100 * best[0]:.1f}% ({best[1]})")
 
 
+def _majority(truth: dict) -> dict:
+    """Chance levels: a content-blind guess of the most frequent token scores its share of the rows."""
+    from collections import Counter
+
+    rows = [t for step in truth["steps"] for t in step]
+    token, count = Counter(rows).most_common(1)[0]
+    return {"token_id": token, "share": count / len(rows)}
+
+
 def _finish(report: dict, out: Path, t_start: float) -> int:
     from evaluation import report as R
 
     none = report["settings"][0]
     none_best = max((c["0.qkv"]["accuracy"] for c in none["results"].values() if "0.qkv" in c), default=0.0)
     report["sanity"] = {"none_best_layer0": none_best, "floor": NONE_FLOOR, "passed": none_best >= NONE_FLOOR}
+    for s in report["settings"]:
+        if s.get("view") == "both":  # colluding pad clouds: the attacks must read the pad format
+            best = max((c["0.qkv"]["accuracy"] for c in s["results"].values() if "0.qkv" in c), default=0.0)
+            report["sanity"]["collusion_best_layer0"] = best
+            report["sanity"]["passed"] = report["sanity"]["passed"] and best >= NONE_FLOOR
     report["runtime_seconds"] = time.monotonic() - t_start
     paths = R.write(report, out)
     print(R.markdown(report))

@@ -1,7 +1,8 @@
 """Write the audit's results: a Markdown table, a JSON file and a PNG plot.
 
 The audit measures how much of a prompt a Talaria cloud (arXiv 2603.00196) can read back from
-ReMO-masked op inputs, with model-aware attacks in the spirit of "Hidden No More" (arXiv 2505.18332).
+ReMO-masked or one-time-padded op inputs, with model-aware attacks in the spirit of "Hidden No
+More" (arXiv 2505.18332), and whether a pad cloud's records can be told from uniform noise.
 
 Every number comes from `audit.score` on attacks that ran on recorded files; nothing here is
 computed from anything else. Tables: accuracy (percent of received rows whose token the attack
@@ -60,6 +61,15 @@ def markdown(report: dict) -> str:
         "attacker's own random text, applied to the raw rows; `inv-aug` trained with simulated masks; "
         "`inv-proj` trained and applied after projecting out span(M_pub). The lm_head op is not attacked.",
         "",
+        "Pad settings (`pad/dealer`: compute cloud and pad dealer, two processes; `pad/he`: one cloud) are "
+        "attacked once per party's view: the compute cloud's residues u, the dealer's pad rows r (it expands "
+        "every seed it was sent; the audit grants it the alignment of its rows with the calls), and both "
+        "together (collusion: lift(u + r mod t) = x_bar). Each view is read the best way its attacker can: "
+        "residues lifted to signed integers, the folded-bias coordinate dropped, every row normalised (the "
+        "CVM's per-row exponent is secret, so only a row's direction can carry information); every "
+        "comparison is then by angle, PCA ranks are read off the spectrum, `inv-aug` trains on simulated "
+        "pads, and `nn-proj`/`inv-proj` (public bases) do not apply.",
+        "",
         "## Summary",
         "",
     ]
@@ -70,13 +80,24 @@ def markdown(report: dict) -> str:
         worst_op = min(best, key=lambda o: best[o][1])
         attacks = sorted({a for a, _ in best.values()})
         floor = best[worst_op][1]
+        top_op = max(best, key=lambda o: best[o][1])
         reach = ("100% of the tokens at every attacked op" if floor == 1.0 else
                  f"at least {100 * floor:.1f}% of the tokens at every attacked op (lowest: {worst_op})")
-        lines.append(f"- **{s['label']}**: the best attack recovers {reach}; best attacks: {', '.join(attacks)}.")
+        if s.get("view") in ("compute", "dealer", "cloud"):  # a view that should be at chance: its highest op
+            reach = f"at most {100 * best[top_op][1]:.1f}% of the tokens at any attacked op (highest: {top_op})"
+        who = f" ({s['view_title']})" if "view_title" in s else ""
+        lines.append(f"- **{s['label']}**{who}: the best attack recovers {reach}; best attacks: {', '.join(attacks)}.")
+    if "majority" in report:
+        lines.append(f"- Chance level: {100 / m['candidates']:.2f}% for a uniform guess over the {m['candidates']} "
+                     f"candidates (1/vocab, nearest-neighbour top-1); a content-blind guess of the most frequent "
+                     f"token scores {100 * report['majority']['share']:.2f}% of the rows.")
     if "sanity" in report:
         ok = report["sanity"]
         lines.append(f"- Sanity: unmasked split, best layer-0 attack {100 * ok['none_best_layer0']:.1f}% "
-                     f"(floor {100 * ok['floor']:.1f}%): {'passed' if ok['passed'] else 'FAILED'}.")
+                     f"(floor {100 * ok['floor']:.1f}%)"
+                     + (f"; colluding pad clouds {100 * ok['collusion_best_layer0']:.1f}%"
+                        if "collusion_best_layer0" in ok else "")
+                     + f": {'passed' if ok['passed'] else 'FAILED'}.")
     lines += [
         "",
         "## Best attack per setting",
@@ -108,8 +129,51 @@ def markdown(report: dict) -> str:
                     notes.append(f"{attack} {op}: estimated mask scale {cell['mask_scale_est']:.2f}")
         lines.append(f"- **{s['label']}** (collect {s['collect_seconds']:.0f}s, attacks {s['attack_seconds']:.0f}s): "
                      + "; ".join(notes))
+    lines += uniformity_markdown(report)
     lines += ["", f"Total runtime {report['runtime_seconds']:.0f}s.", ""]
     return "\n".join(lines)
+
+
+def uniformity_markdown(report: dict) -> list[str]:
+    if not report.get("uniformity"):
+        return []
+    lines = ["", "## Is the compute cloud's record uniform?", "",
+             "Per coordinate of each op's received residues u: chi-square of the top bits (16 equal slices of "
+             "[0, t)) against uniform; under the claim the p-values are uniform on [0, 1] (share below 0.01 "
+             "~1%, Kolmogorov-Smirnov p not small). Control: the same test on x_bar mod t (the rows unpadded) "
+             "must reject. Correlation: Pearson's r per coordinate between u (lifted to signed integers, or as "
+             "residues) and the true x_bar of the audit's CVM-side log; under independence mean |r| ~ "
+             "sqrt(2/(pi n)).", "",
+             "| setting | op | rows | coords | chi2 p<0.01 | KS p of p-values | min p | control p<0.01 | "
+             "max abs r (lifted) | max abs r (residue) | mean abs r | expected mean abs r |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for u in report["uniformity"]:
+        rows = [("all ops", {**u["summary"], "coords": u["summary"]["chi2"]["coords"]})]
+        rows += [(op, t) for op, t in u["per_op"].items()]
+        for op, t in rows:
+            c = t["chi2"]
+            if op == "all ops":
+                ctrl, lmax, rmax = (t.get("control_frac_p_below_0.01"), t.get("corr_lifted_max_abs"),
+                                    t.get("corr_residue_max_abs"))
+                mean, exp = t.get("corr_lifted_mean_abs"), t.get("corr_expected_mean_abs")
+            else:
+                ctrl = t["control_chi2"]["frac_p_below_0.01"] if "control_chi2" in t else None
+                lmax = t["corr_lifted"]["max_abs"] if "corr_lifted" in t else None
+                rmax = t["corr_residue"]["max_abs"] if "corr_residue" in t else None
+                mean = t["corr_lifted"]["mean_abs"] if "corr_lifted" in t else None
+                exp = t.get("corr_expected_mean_abs")
+            f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+            lines.append(f"| {u['label']} | {op} | {t['rows']} | {c['coords']} | {100 * c['frac_p_below_0.01']:.1f}% | "
+                         f"{c['ks_p']:.2f} | {c['min_p']:.2g} | {f(None if ctrl is None else 100 * ctrl, '.1f')}% | "
+                         f"{f(lmax, '.4f')} | {f(rmax, '.4f')} | {f(mean, '.4f')} | {f(exp, '.4f')} |")
+        notes = []
+        if "collusion_exact" in u:
+            notes.append(f"colluding clouds' lift(u + r) equals the CVM's x_bar exactly: {u['collusion_exact']}")
+        if "ciphertexts" in u:
+            notes.append(u["ciphertexts"].get("note", ""))
+        if notes:
+            lines += ["", f"- {u['label']}: " + "; ".join(n for n in notes if n)]
+    return lines
 
 
 def plot(report: dict, path: Path) -> None:

@@ -2,8 +2,10 @@
 
 An honest-but-curious cloud (threat model of Talaria, arXiv 2603.00196) keeps every body it
 received (`cloud_backend.recorder` writes one safetensors file per call) plus the public protocol
-parameters (manifest, public ReMO bases M_pub). This module reads exactly that and nothing else:
-no token ids, no masks, no proxy state. Ground truth for scoring lives with the harness.
+parameters (manifest, public ReMO bases M_pub, the pad scheme's column exponents). This module
+reads exactly that and nothing else: no token ids, no masks, no pads, no proxy state. Ground
+truth for scoring lives with the harness. (A pad dealer's record holds seeds instead of rows:
+evaluation.pad_views reads it.)
 
 Transcript structure the attacker infers on its own: every model step makes one call per op, so
 the k-th call of op '0.qkv' and the k-th call of op '5.down' carry the same rows. In the audit the
@@ -39,16 +41,23 @@ class Segment:
 @dataclass
 class Transcript:
     manifest: Manifest
-    bases: dict[str, torch.Tensor]  # op name -> M_pub [m, d] float64, orthonormal rows
+    bases: dict[str, torch.Tensor]  # op name -> M_pub [m, d] float64, orthonormal rows (remo clouds only)
     calls: dict[str, list[torch.Tensor]]  # op name -> received x~ per call, in call order: [N_k, d]
+    # How the attacks read the rows. scale_free: each row is known only up to a positive factor
+    # (pad: the CVM's secret exponent 2^f_i), so rows and references are compared as directions.
+    # mask: what hides the rows as far as the attacker can tell ('pad' residues, or None).
+    scale_free: bool = False
+    mask: str | None = None
 
     @property
     def block_ops(self) -> list[str]:
         return [o.name for o in self.manifest.ops if o.name != "lm_head"]
 
     def observations(self, op: str) -> torch.Tensor:
-        """All rows received for `op`, concatenated in call order: [n, d] float64."""
-        return torch.cat(self.calls[op]).double()
+        """All rows received for `op`, concatenated in call order: [n, d] float64 (int64 residues
+        as received on a pad cloud: see evaluation.pad_views for how an attacker reads them)."""
+        rows = torch.cat(self.calls[op])
+        return rows if rows.dtype == torch.int64 else rows.double()
 
     def row_counts(self) -> list[int]:
         """Rows per model step (taken from the layer-0 qkv calls, one per step)."""
@@ -71,10 +80,12 @@ class Transcript:
 
 
 def load_transcript(record_dir: str | Path) -> Transcript:
-    """Read `public.json`, `public_basis.safetensors` and every `calls/*.safetensors`."""
+    """Read `public.json`, `public_basis.safetensors` (remo clouds) and every `calls/*.safetensors`
+    (tensor 'x': float rows on a remo cloud, int64 residues on a pad cloud)."""
     root = Path(record_dir)
     manifest = Manifest.model_validate(json.loads((root / "public.json").read_text()))
-    bases = {k: v.double() for k, v in load_file(str(root / "public_basis.safetensors")).items()}
+    basis_file = root / "public_basis.safetensors"
+    bases = {k: v.double() for k, v in load_file(str(basis_file)).items()} if basis_file.exists() else {}
     indexed: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for path in sorted((root / "calls").glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as fh:
