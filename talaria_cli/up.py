@@ -166,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
         # Validate both configs before any slow work (one-line errors); learn the ports and keys.
         proxy = load_settings(ProxySettings, args.config_proxy, port=args.port, scheme=args.scheme)
         cloud = load_settings(CloudSettings, args.config_cloud, model=model or "tiny", port=args.cloud_port)
+        if cloud.port == proxy.port:  # the second server would fail to bind after the first was announced
+            _say(f"the proxy and the cloud cannot share port {proxy.port}; choose different --port and --cloud-port")
+            return 2
         for port, flag in ((cloud.port, "--cloud-port"), (proxy.port, "--port")):
             # Checked up front: another server answering /health there would pass for ours.
             if not port_free(HOST, port):

@@ -61,6 +61,9 @@ class AsyncEngine:
     def __init__(self, model: SplitModel, config: SchedulerConfig | None = None, max_model_len: int | None = None):
         self.model = model
         self.scheduler = Scheduler(config or SchedulerConfig())
+        if max_model_len is not None and max_model_len > model.arch.max_position_embeddings:  # RoPE and cache sized for it
+            raise ValueError(f"max_model_len {max_model_len} is over the model's position limit of "
+                             f"{model.arch.max_position_embeddings} tokens (max_position_embeddings)")
         self.max_model_len = max_model_len or model.arch.max_position_embeddings
         self.eos_ids = set(model.arch.eos_token_ids)
         self.stats = EngineStats()

@@ -49,6 +49,8 @@ class ProxySettings(BaseSettings):
     max_model_len: int | None = Field(None, ge=1, description="context window (unset: the model's)")
     max_n: int = Field(8, ge=1, description="largest `n` accepted")
     request_timeout: float = Field(600.0, gt=0, description="seconds before a request is aborted")
+    max_body_bytes: int = Field(8 << 20, ge=1024, description="largest request body accepted (413 beyond), "
+                                "checked before it is parsed")
     shutdown_drain: float = Field(30.0, ge=0, description="seconds to finish in-flight requests on shutdown")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads in the CVM (unset: torch's default)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")

@@ -4,7 +4,10 @@
     POST /v1/completions          legacy text completions                 API key when configured
     GET  /v1/models[/{id}]        the served model                        API key when configured
     GET  /health                  200 ready / 503 cloud unreachable, starting or stopping (public)
-    GET  /metrics                 Prometheus text format (public, counts and timings only)
+    GET  /metrics                 Prometheus text format (counts and timings; API key when configured)
+
+Every POST body is bounded (`max_body_bytes`, 413) and checked for lone surrogates before it is
+parsed (api/limits.py).
 
 `build_app(runtime, settings)` wires a built (not started) `ProxyRuntime` to the routes; the
 lifespan starts the engine and, on shutdown, stops it after uvicorn has let in-flight requests
@@ -27,6 +30,7 @@ from starlette.middleware.cors import CORSMiddleware
 from talaria_proxy.api.errors import (APIError, handle_api_error, handle_http_error, handle_unexpected,
                                       handle_validation_error)
 from talaria_proxy.api.health import CloudHealth
+from talaria_proxy.api.limits import RequestLimitsMiddleware
 from talaria_proxy.api.metrics import CONTENT_TYPE, ProxyMetrics
 from talaria_proxy.api.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from talaria_proxy.api.serving_base import ServingConfig
@@ -39,12 +43,13 @@ log = logging.getLogger("talaria_proxy.api")
 
 
 class APIKeyMiddleware:
-    """Requires `Authorization: Bearer <key>` on /v1/*; plain ASGI so streaming is untouched.
+    """Requires `Authorization: Bearer <key>` on /v1/*, the tokenizer routes and /metrics (its counts
+    and lengths describe other users' requests); plain ASGI so streaming is untouched.
 
     CORS preflights (OPTIONS) pass: browsers send them without credentials.
     """
 
-    def __init__(self, app, keys: list[str], prefix: str = "/v1"):
+    def __init__(self, app, keys: list[str], prefix: str | tuple[str, ...] = ("/v1", "/metrics")):
         self.app = app
         self.keys = [k.encode() for k in keys]
         self.prefix = prefix
@@ -108,6 +113,8 @@ def build_app(runtime: ProxyRuntime, settings: ProxySettings, *, health_interval
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(Exception, handle_unexpected)
     # Middleware added last runs first: CORS wraps auth so that 401s carry CORS headers too.
+    # inside the key check: an unauthenticated client gets its 401 before any body is read
+    app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.api_keys:
         app.add_middleware(APIKeyMiddleware, keys=settings.api_keys)
     if settings.cors_origins:

@@ -16,7 +16,11 @@ bad request would be sent again and again. Messages never contain prompt or comp
 
 from __future__ import annotations
 
+import json
 import logging
+import traceback
+
+from pathlib import Path
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -50,7 +54,14 @@ class APIError(Exception):
                                              code=self.code)).model_dump()
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+        return _ErrorJSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+class _ErrorJSONResponse(JSONResponse):
+    def render(self, content) -> bytes:
+        # ASCII with \u escapes: a message that quotes the client's input (a model name, a field)
+        # may hold a lone surrogate, which UTF-8 cannot encode; the answer must still go out.
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class RequestTimedOut(APIError):
@@ -122,8 +133,12 @@ async def handle_http_error(request: Request, exc: StarletteHTTPException) -> JS
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # Log the exception type and traceback, not the request (it may carry prompt text).
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    # The exception's type and where it was raised, never its message or the request: either may
+    # quote prompt text or other client strings.
+    where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                        for f in reversed(traceback.extract_tb(exc.__traceback__)[-6:]))
+    log.error("unhandled %s on %s %s at %s", type(exc).__name__, request.method, request.scope.get("route_path")
+              or _route_of(request), where)
     return APIError(500, "internal server error", code="internal_error").response()
 
 
@@ -143,3 +158,9 @@ def _param_path(loc: list) -> str:
 def _is_union_tag(part: str) -> bool:
     # pydantic names union branches in loc ('str', 'list[TextPart]', 'function-after[...]')
     return part in {"str", "int", "float", "bool", "none"} or "[" in part or part.startswith("function-")
+
+
+def _route_of(request: Request) -> str:
+    """The matched route's pattern ('/v1/models/{model_id:path}'), not the path the client sent."""
+    route = request.scope.get("route")
+    return getattr(route, "path", "(no route)")

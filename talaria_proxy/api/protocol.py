@@ -22,9 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class OpenAIRequest(BaseModel):
-    """Base of request bodies: unknown fields are kept in `model_extra`, then ignored."""
+    """Base of request bodies: unknown fields are kept in `model_extra`, then ignored.
 
-    model_config = ConfigDict(extra="allow")
+    Strict types, as OpenAI's own API: `"n": "1"`, `"max_tokens": true`, `"stream": "1"` or token
+    ids `[true, false]` are 400s, not coerced (an int is still a valid float)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
     @model_validator(mode="before")
     @classmethod

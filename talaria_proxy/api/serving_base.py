@@ -7,17 +7,27 @@ end-of-request log line.
 
 The log line is the only per-request log at info level and carries ids, counts and timings;
 prompt and completion text never reach a logger (a security property of the CVM).
+
+`submit` (checks, chat template, tokenization) runs on one tokenizer thread, never on the event
+loop: a large prompt must not stall /health and every other stream; `start_batch` hops back to
+the loop, which owns the engine's queues. Prompts that cannot fit are refused before any of that
+(`prompt_token_bound`, api/limits.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
 
+import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
@@ -26,16 +36,47 @@ from starlette.background import BackgroundTask
 
 from talaria_proxy.api.errors import APIError, api_error_from, invalid
 from talaria_proxy.api.generation import ClientDisconnected, GenerationBatch, cancel_on_disconnect
+from talaria_proxy.api.limits import MAX_STOP_STRINGS, prompt_token_bound
 from talaria_proxy.api.logprobs import LogprobFormatter
 from talaria_proxy.api.metrics import ProxyMetrics
 from talaria_proxy.api.protocol import SamplingFields
 from talaria_proxy.api.text_stream import TextStream
-from talaria_proxy.engine import AsyncEngine, ContextLengthExceeded
+from talaria_proxy.engine import AsyncEngine, ContextLengthExceeded, EngineStopped
 from talaria_proxy.sampling import SampledToken, SamplingParams
 
 log = logging.getLogger("talaria_proxy.api")
 
 CLIENT_CLOSED = 499  # nginx's status for "client closed request"; only ever logged
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # unknown fields logged by name only if they look like one
+# one thread for every request's checks, template and tokenization: off the event loop, and one at
+# a time (a fast tokenizer must not be used from two threads at once)
+_TOKENIZER_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="talaria-tokenize")
+
+
+def on_event_loop(method):
+    """Run `method` on the event loop even when called from the tokenizer thread (it creates
+    asyncio tasks), blocking that thread until it returns."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        loop = getattr(self, "_loop", None)
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        if on_loop or loop is None:
+            return method(self, *args, **kwargs)
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(method(self, *args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001  (re-raised in the calling thread)
+                done.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        return done.result()
+    return wrapper
 
 
 @dataclass
@@ -82,8 +123,10 @@ class OpenAIServing:
     def new_context(self, request: SamplingFields) -> RequestContext:
         ctx = RequestContext(f"{self.id_prefix}-{uuid.uuid4().hex}", time.monotonic(), n=request.n)
         if request.model_extra:
-            # Names only: the values of unknown fields may be user text.
-            log.debug("%s: ignoring unknown fields %s", ctx.request_id, sorted(request.model_extra))
+            # Names only, and only names that look like field names: a client's key is its own text.
+            names = sorted(k for k in request.model_extra if _FIELD_NAME.fullmatch(k))
+            log.debug("%s: ignoring unknown fields %s (+%d unnamed)", ctx.request_id, names,
+                      len(request.model_extra) - len(names))
         return ctx
 
     def check_model(self, name: str) -> None:
@@ -93,6 +136,13 @@ class OpenAIServing:
 
     def check_common(self, request: SamplingFields) -> None:
         self.check_model(request.model)
+        stop = request.stop
+        if isinstance(stop, list) and len(stop) > MAX_STOP_STRINGS:  # each is matched on every token
+            raise invalid(f"stop takes at most {MAX_STOP_STRINGS} strings, got {len(stop)}", param="stop")
+        bound = prompt_token_bound(request, self.tokenizer)
+        if bound > self.engine.max_model_len:  # refused before the template and the tokenizer run
+            raise ContextLengthExceeded(f"this model's maximum context length is {self.engine.max_model_len} tokens; "
+                                        f"the prompt has at least {bound} tokens")
         if request.n > self.config.max_n:
             raise invalid(f"n must be at most {self.config.max_n} on this server, got {request.n}", param="n")
         if self.tokenizer is None:
@@ -129,12 +179,17 @@ class OpenAIServing:
             stop_token_ids=list(request.stop_token_ids or []),
         )
 
+    @on_event_loop
     def start_batch(self, ctx: RequestContext, request: SamplingFields, prompts: list[list[int]],
                     token_cap: int | None, logprobs: int | None,
                     prompt_logprobs: int | None = None, grammar: object | None = None,
                     new_stream: Callable[[list[int]], TextStream] | None = None) -> GenerationBatch:
         """Submit `n` sequences per prompt (choice index = prompt * n + j); all or none. `grammar`
         (talaria_proxy.grammar) constrains every choice; `new_stream(prompt)` replaces the TextStream."""
+        sequences, queue = len(prompts) * request.n, self.engine.scheduler.config.max_waiting
+        if sequences > queue:  # never fits in the waiting queue: a 429 would be retried forever
+            raise invalid(f"this request needs {sequences} sequences (prompts x n) but at most {queue} can be "
+                          "queued on this server (max_waiting)", param="n")
         batch = GenerationBatch(self.engine, ctx.request_id, self.config.request_timeout)
         stop = request.stop_strings()
         ctx.prompt_tokens = sum(len(p) for p in prompts)
@@ -158,13 +213,15 @@ class OpenAIServing:
                       events: Callable[[GenerationBatch], AsyncIterator[str]]) -> Response:
         """Run `submit` (checks + submission), then answer as SSE `events` or the `collect`ed body."""
         batch = None
+        self._loop = asyncio.get_running_loop()
         try:
-            batch = submit()
+            batch = await self._loop.run_in_executor(_TOKENIZER_THREAD, submit)
             if stream:
                 # Wait for the first token before answering 200, so that a cloud that is down
                 # gets a real 502/503 status instead of an error inside a successful stream.
                 await cancel_on_disconnect(raw, batch.wait_started())
-                return self._event_stream(self._sse(ctx, batch, events(batch)), batch, ctx)
+                shutdown = anyio.Event()  # set by sse-starlette on SIGTERM
+                return self._event_stream(self._sse(ctx, batch, events(batch), shutdown), batch, ctx, shutdown)
             body = await cancel_on_disconnect(raw, collect(batch))
         except ClientDisconnected:
             batch.close()
@@ -191,11 +248,12 @@ class OpenAIServing:
             ctx.finish_reasons[delta.index] = result.finish_reason
         return results
 
-    async def _sse(self, ctx: RequestContext, batch: GenerationBatch, chunks: AsyncIterator[str]):
+    async def _sse(self, ctx: RequestContext, batch: GenerationBatch, chunks: AsyncIterator[str],
+                   shutdown: anyio.Event | None = None):
         """Frame an endpoint's chunks: an error becomes one error event; always end with [DONE]."""
         status = 200
         try:
-            async for chunk in chunks:
+            async for chunk in self._until_drained(chunks, shutdown):
                 yield chunk
         except Exception as exc:
             error = api_error_from(exc, self.prompt_param)
@@ -210,7 +268,34 @@ class OpenAIServing:
             self.finish(ctx, status, batch)
         yield "[DONE]"
 
-    def _event_stream(self, events, batch: GenerationBatch, ctx: RequestContext) -> EventSourceResponse:
+    async def _until_drained(self, chunks: AsyncIterator[str], shutdown: anyio.Event | None):
+        """`chunks` until the shutdown drain is nearly over, then EngineStopped: the stream ends with
+        an error event and [DONE] instead of being cancelled mid-answer when the grace period ends."""
+        if shutdown is None:
+            async for chunk in chunks:
+                yield chunk
+            return
+        grace = self.config.shutdown_grace
+        cut = asyncio.ensure_future(_after_shutdown(shutdown, grace - min(1.0, grace / 2)))
+        it, step = chunks.__aiter__(), None
+        try:
+            while True:
+                step = asyncio.ensure_future(it.__anext__())
+                await asyncio.wait({step, cut}, return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():
+                    raise EngineStopped(f"the server is shutting down; the answer was cut after {grace:g} s")
+                try:
+                    chunk = step.result()
+                except StopAsyncIteration:
+                    return
+                yield chunk
+        finally:
+            cut.cancel()
+            if step is not None and not step.done():
+                step.cancel()
+
+    def _event_stream(self, events, batch: GenerationBatch, ctx: RequestContext,
+                      shutdown: anyio.Event | None = None) -> EventSourceResponse:
         """SSE response with OpenAI's `data: ...\\n\\n` framing.
 
         A client that disconnects before the generator even starts would skip its `finally`; the
@@ -223,7 +308,7 @@ class OpenAIServing:
         return EventSourceResponse(events, sep="\n", headers={"x-request-id": ctx.request_id},
                                    client_close_handler_callable=on_client_close,
                                    background=BackgroundTask(batch.close),
-                                   shutdown_grace_period=self.config.shutdown_grace)
+                                   shutdown_event=shutdown, shutdown_grace_period=self.config.shutdown_grace)
 
     # -- end of request ---------------------------------------------------------------------
     def finish(self, ctx: RequestContext, status: int, batch: GenerationBatch | None) -> None:
@@ -236,3 +321,8 @@ class OpenAIServing:
                  ctx.request_id, self.endpoint, status, ctx.n, ctx.prompt_tokens, completion,
                  ",".join(r or "-" for r in ctx.finish_reasons) or "-",
                  f"{ttft:.3f}s" if ttft is not None else "-", now - ctx.started)
+
+
+async def _after_shutdown(shutdown: anyio.Event, delay: float) -> None:
+    await shutdown.wait()
+    await asyncio.sleep(max(0.0, delay))

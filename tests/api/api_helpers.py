@@ -54,9 +54,11 @@ def iter_sse(lines):
         yield data if data == "[DONE]" else json.loads(data)
 
 
-def metric(base_url: str, name: str) -> float:
-    """Value of an unlabelled Prometheus sample (e.g. talaria_num_requests_running)."""
-    text = httpx.get(base_url + "/metrics", timeout=10).text
+def metric(base_url: str, name: str, key: str | None = None) -> float:
+    """Value of an unlabelled Prometheus sample (e.g. talaria_num_requests_running); `key`: the
+    API key of a proxy that has keys (/metrics is behind them)."""
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    text = httpx.get(base_url + "/metrics", headers=headers, timeout=10).text
     match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
     assert match, f"{name} missing from /metrics"
     return float(match.group(1))
@@ -71,6 +73,6 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
     return predicate()
 
 
-def engine_idle(base_url: str) -> bool:
-    return (metric(base_url, "talaria_num_requests_running") == 0
-            and metric(base_url, "talaria_num_requests_waiting") == 0)
+def engine_idle(base_url: str, key: str | None = None) -> bool:
+    return (metric(base_url, "talaria_num_requests_running", key) == 0
+            and metric(base_url, "talaria_num_requests_waiting", key) == 0)

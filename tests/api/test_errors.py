@@ -169,7 +169,7 @@ async def test_full_queue_is_429_with_retry_after(restricted):
         running = asyncio.create_task(hold(running_ready))  # takes the one running slot
         await asyncio.wait_for(running_ready.wait(), 30)
         waiting = asyncio.create_task(hold(asyncio.Event()))  # takes the one waiting slot
-        assert await asyncio.to_thread(wait_until, lambda: metric(restricted.url, "talaria_num_requests_waiting") == 1, 30)
+        assert await asyncio.to_thread(wait_until, lambda: metric(restricted.url, "talaria_num_requests_waiting", KEYS[0]) == 1, 30)
 
         async with openai.AsyncOpenAI(base_url=restricted.url + "/v1", api_key=KEYS[0], max_retries=0) as c:
             with pytest.raises(openai.RateLimitError) as info:
@@ -180,4 +180,4 @@ async def test_full_queue_is_429_with_retry_after(restricted):
         waiting.cancel()
         await asyncio.gather(running, waiting, return_exceptions=True)
     # Both held requests were cancelled by their disconnects: the engine drains at once.
-    assert await asyncio.to_thread(wait_until, lambda: engine_idle(restricted.url), 15)
+    assert await asyncio.to_thread(wait_until, lambda: engine_idle(restricted.url, KEYS[0]), 15)
