@@ -20,6 +20,7 @@ the cloud. Should `up` itself be killed outright, the children get SIGTERM from 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import signal
@@ -42,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheme", choices=["remo", "none"], help="proxy masking scheme (default: remo)")
     p.add_argument("--port", type=int, help="port of the OpenAI-compatible proxy (default: 8000)")
     p.add_argument("--cloud-port", type=int, help="port of the cloud backend (default: 8100)")
+    p.add_argument("--host", help="bind address of the proxy (default: 127.0.0.1; the cloud always stays on it)")
+    p.add_argument("--api-key", dest="api_keys", action="append", metavar="KEY",
+                   help="client key the proxy requires (repeatable; default: none, the API is open)")
+    p.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
+                   help="CORS origin the proxy allows, e.g. http://localhost:3000 (repeatable)")
     p.add_argument("--config-cloud", metavar="YAML", help="cloud config file (see configs/cloud.yaml)")
     p.add_argument("--config-proxy", metavar="YAML", help="proxy config file (see configs/proxy.yaml)")
     p.add_argument("--startup-timeout", type=float, default=600.0, metavar="S",
@@ -104,7 +110,8 @@ def served_model_id(proxy_url: str, api_key: str | None, fallback: str) -> str:
         return fallback
 
 
-def banner(base_url: str, model_id: str, scheme: str, cloud_url: str, needs_key: bool) -> str:
+def banner(base_url: str, model_id: str, scheme: str, cloud_url: str, needs_key: bool,
+           random_weights: bool = False) -> str:
     auth = ' -H "Authorization: Bearer $TALARIA_API_KEY"' if needs_key else ""
     py_key = 'os.environ["TALARIA_API_KEY"]' if needs_key else '"none"'
     lines = [
@@ -113,6 +120,8 @@ def banner(base_url: str, model_id: str, scheme: str, cloud_url: str, needs_key:
         f"  OpenAI base_url: {base_url}",
         f"  cloud backend:   {cloud_url} (holds the weights; sees only masked inputs)",
     ]
+    if random_weights:
+        lines.append("  the demo model has random weights: its answers are gibberish (use --model for a real one)")
     if needs_key:
         lines.append("  the proxy requires an API key: export TALARIA_API_KEY=<one of its api_keys>")
     lines += [
@@ -136,6 +145,15 @@ def banner(base_url: str, model_id: str, scheme: str, cloud_url: str, needs_key:
         "",
     ]
     return "\n".join(lines)
+
+
+def _reachable(host: str) -> str:
+    """An address this machine reaches a server bound to `host` at (the wildcards mean every interface)."""
+    if host in ("0.0.0.0", ""):
+        return HOST
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _configured_model(config_file: str | None) -> str | None:
@@ -164,15 +182,16 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or _configured_model(args.config_cloud)
     try:
         # Validate both configs before any slow work (one-line errors); learn the ports and keys.
-        proxy = load_settings(ProxySettings, args.config_proxy, port=args.port, scheme=args.scheme)
+        proxy = load_settings(ProxySettings, args.config_proxy, port=args.port, scheme=args.scheme, host=args.host,
+                              api_keys=args.api_keys, cors_origins=args.cors_origins)
         cloud = load_settings(CloudSettings, args.config_cloud, model=model or "tiny", port=args.cloud_port)
         if cloud.port == proxy.port:  # the second server would fail to bind after the first was announced
             _say(f"the proxy and the cloud cannot share port {proxy.port}; choose different --port and --cloud-port")
             return 2
-        for port, flag in ((cloud.port, "--cloud-port"), (proxy.port, "--port")):
+        for host, port, flag in ((HOST, cloud.port, "--cloud-port"), (proxy.host, proxy.port, "--port")):
             # Checked up front: another server answering /health there would pass for ours.
-            if not port_free(HOST, port):
-                _say(f"port {port} on {HOST} is already in use; choose another with {flag}")
+            if not port_free(host, port):
+                _say(f"port {port} on {host} is already in use; choose another with {flag}")
                 return 2
         if model is None:
             model = str(ensure_demo_model(args.arch))
@@ -185,18 +204,24 @@ def run(args: argparse.Namespace) -> int:
         return 130
 
     cloud_url = f"http://{HOST}:{cloud.port}"
-    proxy_url = f"http://{HOST}:{proxy.port}"
+    proxy_url = f"http://{_reachable(proxy.host)}:{proxy.port}"
+    if proxy.host not in (HOST, "localhost", "::1") and not proxy.api_keys:
+        _say(f"warning: the proxy listens on {proxy.host} without an API key; anyone who reaches it can use it")
     # The cloud on localhost is still reachable by every local user: protect it with a key. It goes
     # through the environment (above YAML, below flags) so it never shows in `ps`.
     cloud_key = cloud.api_key or secrets.token_urlsafe(24)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cloud_env = {**env, "TALARIA_CLOUD_API_KEY": cloud_key}
     proxy_env = {**env, "TALARIA_PROXY_CLOUD_API_KEY": cloud_key}
+    if args.api_keys:  # through the environment too, so the keys never show in `ps`
+        proxy_env["TALARIA_PROXY_API_KEYS"] = json.dumps(args.api_keys)
 
     cloud_argv = ["--model", model, "--host", HOST, "--port", str(cloud.port)]
     if args.config_cloud:
         cloud_argv += ["--config", args.config_cloud]
-    proxy_argv = ["--cloud", cloud_url, "--host", HOST, "--port", str(proxy.port), "--scheme", proxy.scheme]
+    proxy_argv = ["--cloud", cloud_url, "--host", proxy.host, "--port", str(proxy.port), "--scheme", proxy.scheme]
+    for origin in args.cors_origins or []:
+        proxy_argv += ["--cors-origin", origin]
     if args.config_proxy:
         proxy_argv += ["--config", args.config_proxy]
 
@@ -225,7 +250,9 @@ def run(args: argparse.Namespace) -> int:
         if not stop.is_set():
             key = proxy.api_keys[0] if proxy.api_keys else None
             model_id = served_model_id(proxy_url, key, proxy.served_model_name or Path(model).name)
-            print(banner(proxy_url + "/v1", model_id, proxy.scheme, cloud_url, bool(proxy.api_keys)), flush=True)
+            print(banner(proxy_url + "/v1", model_id, proxy.scheme, cloud_url, bool(proxy.api_keys),
+                         random_weights=args.model is None and _configured_model(args.config_cloud) is None),
+                  flush=True)
         while not stop.is_set():
             dead = next((c for c in children if not c.alive()), None)
             if dead is not None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +26,8 @@ class ProxySettings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the OpenAI-compatible API")
     served_model_name: str | None = Field(
         None, description="model id in /v1/models (unset: the cloud's model name)")
+    chat_template: str | None = Field(
+        None, description="file with a Jinja chat template that replaces the checkpoint's (unset: its own)")
     scheme: Literal["remo", "none", "pad"] = Field(
         "remo", description="how linear inputs are protected: pad (one-time pads in an exact ring; private, "
                             "needs a pad cloud and a pad source), remo (the paper's fast masks; a cloud that "
@@ -54,3 +58,11 @@ class ProxySettings(BaseSettings):
     shutdown_drain: float = Field(30.0, ge=0, description="seconds to finish in-flight requests on shutdown")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads in the CVM (unset: torch's default)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
+
+    @field_validator("chat_template")
+    @classmethod
+    def _chat_template_is_readable(cls, path: str | None) -> str | None:
+        # Checked at start-up, so a typo stops the proxy with one line instead of failing every chat.
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"chat template file not found: {path}")
+        return path

@@ -2,6 +2,8 @@
 
     POST /v1/chat/completions     chat, streamed (SSE) or not            API key when configured
     POST /v1/completions          legacy text completions                 API key when configured
+    POST /v1/responses            the Responses API, text in and out      API key when configured
+    POST /tokenize, /detokenize   the CVM's tokenizer (vLLM's shapes)     API key when configured
     GET  /v1/models[/{id}]        the served model                        API key when configured
     GET  /health                  200 ready / 503 cloud unreachable, starting or stopping (public)
     GET  /metrics                 Prometheus text format (counts and timings; API key when configured)
@@ -20,6 +22,7 @@ import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +39,8 @@ from talaria_proxy.api.protocol import ChatCompletionRequest, CompletionRequest,
 from talaria_proxy.api.serving_base import ServingConfig
 from talaria_proxy.api.serving_chat import OpenAIServingChat
 from talaria_proxy.api.serving_completions import OpenAIServingCompletion
+from talaria_proxy.api.serving_responses import OpenAIServingResponses, ResponsesRequest
+from talaria_proxy.api.serving_tokenize import DetokenizeRequest, OpenAIServingTokenize, TokenizeRequest
 from talaria_proxy.runtime import ProxyRuntime
 from talaria_proxy.settings import ProxySettings
 
@@ -49,13 +54,13 @@ class APIKeyMiddleware:
     CORS preflights (OPTIONS) pass: browsers send them without credentials.
     """
 
-    def __init__(self, app, keys: list[str], prefix: str | tuple[str, ...] = ("/v1", "/metrics")):
+    def __init__(self, app, keys: list[str], prefixes: tuple[str, ...] = ("/v1", "/tokenize", "/detokenize", "/metrics")):
         self.app = app
         self.keys = [k.encode() for k in keys]
-        self.prefix = prefix
+        self.prefixes = prefixes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith(self.prefix) and scope["method"] != "OPTIONS":
+        if scope["type"] == "http" and scope["path"].startswith(self.prefixes) and scope["method"] != "OPTIONS":
             if not self._authorized(scope):
                 error = APIError(401, "invalid or missing API key; send 'Authorization: Bearer <key>'",
                                  code="invalid_api_key", headers={"www-authenticate": "Bearer"})
@@ -86,8 +91,12 @@ def build_app(runtime: ProxyRuntime, settings: ProxySettings, *, health_interval
         system_fingerprint=f"talaria-{runtime.manifest.fingerprint[:16]}",
     )
     metrics = ProxyMetrics(runtime)
+    if settings.chat_template and runtime.tokenizer is not None:  # --chat-template FILE replaces the checkpoint's
+        runtime.tokenizer.chat_template = Path(settings.chat_template).read_text(encoding="utf-8")
     chat = OpenAIServingChat(engine, runtime.tokenizer, config, metrics)
     completions = OpenAIServingCompletion(engine, runtime.tokenizer, config, metrics)
+    responses = OpenAIServingResponses(engine, runtime.tokenizer, config, metrics)
+    tokenize = OpenAIServingTokenize(runtime.tokenizer, engine.max_model_len, chat.check_model)
     ping = getattr(runtime.backend, "ping", None) or (lambda: True)  # in-process backends are always up
     health = CloudHealth(ping, min_interval=health_interval)
     created = int(time.time())
@@ -129,14 +138,28 @@ def build_app(runtime: ProxyRuntime, settings: ProxySettings, *, health_interval
     async def create_completion(request: CompletionRequest, raw: Request) -> Response:
         return await completions.create(request, raw)
 
+    @app.post("/v1/responses")
+    async def create_response(request: ResponsesRequest, raw: Request) -> Response:
+        return await responses.create(request, raw)
+
+    @app.post("/tokenize")
+    async def tokenize_text(request: TokenizeRequest) -> JSONResponse:
+        return JSONResponse(tokenize.tokenize(request).model_dump())
+
+    @app.post("/detokenize")
+    async def detokenize_ids(request: DetokenizeRequest) -> JSONResponse:
+        return JSONResponse(tokenize.detokenize(request).model_dump())
+
+    card = ModelCard(id=served, created=created, max_model_len=engine.max_model_len)
+
     @app.get("/v1/models")
     async def list_models() -> JSONResponse:
-        return JSONResponse(ModelList(data=[ModelCard(id=served, created=created)]).model_dump())
+        return JSONResponse(ModelList(data=[card]).model_dump())
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> JSONResponse:
         chat.check_model(model_id)
-        return JSONResponse(ModelCard(id=served, created=created).model_dump())
+        return JSONResponse(card.model_dump())
 
     @app.get("/health")
     async def health_check() -> JSONResponse:

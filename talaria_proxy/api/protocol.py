@@ -330,6 +330,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "talaria"
+    max_model_len: int | None = _none_omitted()  # context window in tokens (as vLLM reports it)
 
 
 class ModelList(BaseModel):
