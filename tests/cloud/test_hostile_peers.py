@@ -3,12 +3,13 @@
 A peer that drips a frame one byte a second does not delay anyone else's call by more than a
 second; claims of 2 GiB frames cost nothing before authentication; REST bodies, WebSocket
 messages and frames are bounded by `max_rows` (413 beyond); malformed input on every endpoint
-gets a 4xx and leaves the cloud serving (the fuzz test is in test_cloud_fuzz.py).
+gets a 4xx and leaves the cloud serving (a bounded, seeded fuzz of REST, WebSocket and frames).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import socket
 import struct
 import threading
@@ -188,3 +189,63 @@ def test_frames_over_the_limits_and_odd_hellos_get_clean_errors(cloud):
             send_json(sock, HELLO, hello) if isinstance(hello, dict) else send_frame(
                 sock, HELLO, payload=json.dumps(hello).encode())
             assert recv_frame(sock)[:2] == (ERROR, 400)
+
+
+def bad_blobs(rng: random.Random, cloud: Cloud) -> list[bytes]:
+    """Bodies no op accepts: not safetensors, wrong names, dtypes, shapes, values, rows."""
+    d = cloud.d
+    good = encode_tensors({"x": cloud.x(1)})
+    return [
+        b"", bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))), good[: rng.randrange(1, len(good) - 1)],
+        (10**9).to_bytes(8, "little") + b"{}", (40).to_bytes(8, "little") + b'{"x": {"dtype": "F64"}}' + b" " * 17,
+        encode_tensors({"y": cloud.x(1)}), encode_tensors({"x": cloud.x(1), "z": cloud.x(1)}),
+        encode_tensors({"x": torch.zeros(1, d, dtype=torch.float32)}), encode_tensors({"x": torch.zeros(1, d, dtype=torch.int64)}),
+        encode_tensors({"x": torch.zeros(1, d + rng.randrange(1, 9), dtype=torch.float64)}),
+        encode_tensors({"x": torch.zeros(d, dtype=torch.float64)}), encode_tensors({"x": torch.zeros(1, 1, d, dtype=torch.float64)}),
+        encode_tensors({"x": torch.full((1, d), float(rng.choice(["nan", "inf", "-inf"])), dtype=torch.float64)}),
+        encode_tensors({"x": cloud.x(MAX_ROWS + rng.randrange(1, 5))}),
+    ]
+
+
+def test_fuzzed_calls_get_4xx_on_every_transport_and_the_cloud_keeps_serving(cloud):
+    rng = random.Random(1313)
+    ops = ["0.qkv", "lm_head", "9.qkv", "0.nope", "", "x" * 300]
+    with httpx.Client(base_url=cloud.server.url, timeout=30) as http, cloud.ws() as ws:
+        for _ in range(4):
+            for blob in bad_blobs(rng, cloud):
+                op = rng.choice(ops)
+                resp = http.post(f"/v1/linear/{op}" if op else "/v1/linear/%20", content=blob)
+                assert 400 <= resp.status_code < 500 and "message" in resp.json()["error"], (op, resp.text[:200])
+                meta = rng.choice([{"op": op}, {}, {"op": "0.qkv"}, {"other": "1"}])
+                try:
+                    payload = encode_tensors(decode_tensors(blob), metadata=meta) if rng.random() < 0.5 else blob
+                except Exception:  # not a blob: sent as it is
+                    payload = blob
+                ws.send(payload)
+                answer = ws.recv(10)
+                if isinstance(answer, bytes):  # only the well-formed call to a real op may succeed
+                    assert payload != blob or meta.get("op") == "0.qkv"
+                else:
+                    assert 400 <= json.loads(answer)["error"]["status"] < 500
+        ws.send(encode_tensors({"x": cloud.x()}, metadata={"op": "0.qkv"}))
+        assert set(decode_tensors(ws.recv(10))) == {"y"}
+    for _ in range(40):  # frames: random headers and truncated payloads
+        with socket.create_connection(("127.0.0.1", cloud.frame_port), timeout=10) as sock:
+            if rng.random() < 0.7:
+                send_json(sock, HELLO, {})
+                assert recv_frame(sock)[0] == HELLO
+            magic = rng.choice([MAGIC, b"TLF2", b"\0\0\0\0"])
+            kind, dtype = rng.choice([0, 1, 2, 3, 4, 9]), rng.choice([0, 1, 2, 3, 7])
+            rows, cols = rng.choice([0, 1, MAX_ROWS + 1, 2**32 - 1]), rng.choice([0, 1, cloud.d - 1, 2**20])
+            sock.sendall(HEADER.pack(magic, kind, dtype, rng.randrange(2**16), rows, cols) + b"\0" * rng.randrange(64))
+            try:
+                sock.shutdown(socket.SHUT_WR)  # whatever is missing never comes
+                while True:
+                    kind_back, status, _ = recv_frame(sock)
+                    assert kind_back in (ERROR, HELLO, REPLY) and (kind_back != ERROR or 400 <= status < 500)
+            except (PeerClosed, ConnectionError):
+                pass
+    with cloud.frames() as sock:
+        send_frame(sock, CALL, 0, tensor=cloud.x())
+        assert recv_frame(sock)[0] == REPLY
+    assert cloud.rest(cloud.x()).status_code == 200
