@@ -40,7 +40,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "(default: a tiny random-weight model generated on first use)")
     p.add_argument("--arch", choices=ARCHS, default="qwen2",
                    help="architecture of the generated tiny model when no --model is given (default: qwen2)")
-    p.add_argument("--scheme", choices=["remo", "none"], help="proxy masking scheme (default: remo)")
+    from talaria_base.flags import choices_of
+    from talaria_proxy.settings import ProxySettings
+
+    p.add_argument("--scheme", choices=choices_of(ProxySettings, "scheme"),
+                   help="how linear inputs are protected: pad (one-time pads; private), remo (default; the paper's "
+                        "fast masks, which a cloud that knows its model sees through) or none (audits)")
+    p.add_argument("--pad-source", choices=choices_of(ProxySettings, "pad_source"),
+                   help="with --scheme pad: dealer (default; starts a second cloud that makes the pads) or he "
+                        "(the same cloud makes them under RLWE encryption)")
+    p.add_argument("--dealer-port", type=int, help="port of the pad dealer cloud (default: --cloud-port + 1)")
     p.add_argument("--port", type=int, help="port of the OpenAI-compatible proxy (default: 8000)")
     p.add_argument("--cloud-port", type=int, help="port of the cloud backend (default: 8100)")
     p.add_argument("--host", help="bind address of the proxy (default: 127.0.0.1; the cloud always stays on it)")
@@ -67,9 +76,10 @@ def ensure_demo_model(arch: str) -> Path:
 class Child(ManagedProcess):
     """One `talaria <side>` child in its own session; its output is echoed with a prefix."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], url: str):
-        super().__init__(name, argv, url=url, env=env, new_session=True, tail_lines=LOG_TAIL_LINES,
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], url: str, command: str | None = None):
+        super().__init__(command or name, argv, url=url, env=env, new_session=True, tail_lines=LOG_TAIL_LINES,
                          on_line=lambda line: print(f"[{name}] {line}", file=sys.stderr, flush=True))
+        self.name = name  # 'dealer' runs `talaria cloud`
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> bool:
         if self.alive():
@@ -110,16 +120,28 @@ def served_model_id(proxy_url: str, api_key: str | None, fallback: str) -> str:
         return fallback
 
 
+CLOUD_SEES = {
+    "pad": "sees only one-time-padded inputs, uniform and independent of the text",
+    "remo": "sees ReMO-masked inputs; a cloud that knows its model can recover the text (use --scheme pad)",
+    "none": "sees plaintext activations (audit use only)",
+}
+
+
 def banner(base_url: str, model_id: str, scheme: str, cloud_url: str, needs_key: bool,
-           random_weights: bool = False) -> str:
+           random_weights: bool = False, pad_source: str = "dealer", dealer_url: str | None = None) -> str:
     auth = ' -H "Authorization: Bearer $TALARIA_API_KEY"' if needs_key else ""
     py_key = 'os.environ["TALARIA_API_KEY"]' if needs_key else '"none"'
     lines = [
         "",
         f"Talaria is up: model {model_id!r}, masking scheme {scheme}.",
         f"  OpenAI base_url: {base_url}",
-        f"  cloud backend:   {cloud_url} (holds the weights; sees only masked inputs)",
+        f"  cloud backend:   {cloud_url} (holds the weights; {CLOUD_SEES[scheme]})",
     ]
+    if dealer_url is not None:
+        lines.append(f"  pad dealer:      {dealer_url} (a second cloud that makes the pads; private only if the two "
+                     "clouds do not collude)")
+    elif scheme == "pad" and pad_source == "he":
+        lines.append("  pads:            made by the same cloud on RLWE ciphertexts (it never sees them in the clear)")
     if random_weights:
         lines.append("  the demo model has random weights: its answers are gibberish (use --model for a real one)")
     if needs_key:
@@ -183,12 +205,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Validate both configs before any slow work (one-line errors); learn the ports and keys.
         proxy = load_settings(ProxySettings, args.config_proxy, port=args.port, scheme=args.scheme, host=args.host,
-                              api_keys=args.api_keys, cors_origins=args.cors_origins)
+                              api_keys=args.api_keys, cors_origins=args.cors_origins, pad_source=args.pad_source)
         cloud = load_settings(CloudSettings, args.config_cloud, model=model or "tiny", port=args.cloud_port)
-        if cloud.port == proxy.port:  # the second server would fail to bind after the first was announced
-            _say(f"the proxy and the cloud cannot share port {proxy.port}; choose different --port and --cloud-port")
+        with_dealer = proxy.scheme == "pad" and proxy.pad_source == "dealer"
+        dealer_port = args.dealer_port or cloud.port + 1
+        ports = [(HOST, cloud.port, "--cloud-port"), (proxy.host, proxy.port, "--port")]
+        if with_dealer:
+            ports.append((HOST, dealer_port, "--dealer-port"))
+        if len({port for _, port, _ in ports}) < len(ports):  # a later server would fail to bind after the first was announced
+            _say("the proxy, the cloud and the dealer need different ports; choose different " +
+                 ", ".join(flag for _, _, flag in ports))
             return 2
-        for host, port, flag in ((HOST, cloud.port, "--cloud-port"), (proxy.host, proxy.port, "--port")):
+        for host, port, flag in ports:
             # Checked up front: another server answering /health there would pass for ours.
             if not port_free(host, port):
                 _say(f"port {port} on {host} is already in use; choose another with {flag}")
@@ -216,10 +244,24 @@ def run(args: argparse.Namespace) -> int:
     if args.api_keys:  # through the environment too, so the keys never show in `ps`
         proxy_env["TALARIA_PROXY_API_KEYS"] = json.dumps(args.api_keys)
 
-    cloud_argv = ["--model", model, "--host", HOST, "--port", str(cloud.port)]
+    # the cloud's kernel follows the proxy's scheme: pad clouds for pad, remo clouds for remo and none
+    cloud_scheme = "pad" if proxy.scheme == "pad" else "remo"
+    cloud_argv = ["--model", model, "--host", HOST, "--port", str(cloud.port), "--scheme", cloud_scheme]
     if args.config_cloud:
         cloud_argv += ["--config", args.config_cloud]
     proxy_argv = ["--cloud", cloud_url, "--host", proxy.host, "--port", str(proxy.port), "--scheme", proxy.scheme]
+    dealer_url = None
+    if proxy.scheme == "pad":
+        proxy_argv += ["--pad-source", proxy.pad_source]
+    if with_dealer:  # a second cloud on the same checkpoint; a key of its own (the two must not share secrets)
+        dealer_url = f"http://{HOST}:{dealer_port}"
+        dealer_key = secrets.token_urlsafe(24)
+        dealer_argv = ["--model", model, "--host", HOST, "--port", str(dealer_port), "--scheme", "pad"]
+        if args.config_cloud:
+            dealer_argv += ["--config", args.config_cloud]
+        dealer_env = {**env, "TALARIA_CLOUD_API_KEY": dealer_key}
+        proxy_env["TALARIA_PROXY_DEALER_API_KEY"] = dealer_key
+        proxy_argv += ["--dealer-url", dealer_url]
     for origin in args.cors_origins or []:
         proxy_argv += ["--cors-origin", origin]
     if args.config_proxy:
@@ -243,6 +285,10 @@ def run(args: argparse.Namespace) -> int:
         _say(f"starting the cloud backend on {cloud_url} with {model}")
         children.append(Child("cloud", cloud_argv, cloud_env, cloud_url))
         children[-1].wait_ready(timeout=args.startup_timeout, stop=stop)
+        if dealer_url is not None and not stop.is_set():
+            _say(f"starting the pad dealer on {dealer_url} with {model}")
+            children.append(Child("dealer", dealer_argv, dealer_env, dealer_url, command="cloud"))
+            children[-1].wait_ready(timeout=args.startup_timeout, stop=stop)
         if not stop.is_set():
             _say(f"starting the proxy on {proxy_url} (scheme {proxy.scheme})")
             children.append(Child("proxy", proxy_argv, proxy_env, proxy_url))
@@ -251,7 +297,8 @@ def run(args: argparse.Namespace) -> int:
             key = proxy.api_keys[0] if proxy.api_keys else None
             model_id = served_model_id(proxy_url, key, proxy.served_model_name or Path(model).name)
             print(banner(proxy_url + "/v1", model_id, proxy.scheme, cloud_url, bool(proxy.api_keys),
-                         random_weights=args.model is None and _configured_model(args.config_cloud) is None),
+                         random_weights=args.model is None and _configured_model(args.config_cloud) is None,
+                         pad_source=proxy.pad_source, dealer_url=dealer_url),
                   flush=True)
         while not stop.is_set():
             dead = next((c for c in children if not c.alive()), None)

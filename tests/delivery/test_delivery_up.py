@@ -183,3 +183,30 @@ def test_children_die_with_a_killed_up(tmp_path, tiny_model):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         up.kill()
+
+
+def test_up_with_the_pad_scheme_starts_a_dealer_and_serves_chat(tmp_path):
+    from openai import OpenAI
+
+    port, cloud_port, dealer_port = free_port(), free_port(), free_port()
+    up = Up(["--scheme", "pad", "--port", str(port), "--cloud-port", str(cloud_port), "--dealer-port", str(dealer_port)],
+            tmp_path / "home", tmp_path / "up.log")
+    try:
+        base_url = up.wait_for(r"(http://127\.0\.0\.1:\d+/v1)\b", timeout=300).group(1)
+        banner = "".join(up.lines)
+        assert "masking scheme pad" in banner and f"pad dealer:      http://127.0.0.1:{dealer_port}" in banner
+        assert "do not collude" in banner
+        for p in (cloud_port, dealer_port):
+            assert httpx.get(f"http://127.0.0.1:{p}/health", timeout=5).status_code == 200
+        client = OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=60)
+        model = client.models.list().data[0].id
+        reply = client.chat.completions.create(model=model, max_tokens=6, messages=[{"role": "user", "content": "Hi"}])
+        assert reply.usage.completion_tokens >= 1
+        kids = children_of(up.proc.pid)
+        assert len(kids) == 3, f"expected cloud, dealer and proxy, found {kids}"
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(timeout=90) == 0, up.output()
+        assert all(gone(pid) for pid in kids)
+        assert "Traceback" not in up.log.read_text()
+    finally:
+        up.kill()
