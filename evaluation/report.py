@@ -85,7 +85,7 @@ def markdown(report: dict) -> str:
                  f"at least {100 * floor:.1f}% of the tokens at every attacked op (lowest: {worst_op})")
         if s.get("view") in ("compute", "dealer", "cloud"):  # a view that should be at chance: its highest op
             reach = f"at most {100 * best[top_op][1]:.1f}% of the tokens at any attacked op (highest: {top_op})"
-        who = f" ({s['view_title']})" if "view_title" in s else ""
+        who = f", {s['view_title']}" if "view_title" in s else ""
         lines.append(f"- **{s['label']}**{who}: the best attack recovers {reach}; best attacks: {', '.join(attacks)}.")
     if "majority" in report:
         lines.append(f"- Chance level: {100 / m['candidates']:.2f}% for a uniform guess over the {m['candidates']} "
