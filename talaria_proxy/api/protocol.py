@@ -2,9 +2,9 @@
 
 Field order follows the OpenAI API reference. Requests accept unknown fields (clients such as
 LibreChat send extras); the serving layer logs their *names* at debug level and ignores them.
-Fields we know but cannot honour yet (`tools`, `response_format` other than text, ...) are kept
-here so that the serving layer can refuse them with a 400 naming the parameter, rather than
-silently answering something else.
+Fields we know but cannot honour (`functions`, audio, ...) are kept here so that the serving
+layer can refuse them with a 400 naming the parameter, rather than silently answering something
+else; `tools` and `response_format` are served by api/tools.py and api/structured.py.
 
 Checks that only need the request itself live here (ranges, `top_logprobs` without `logprobs`,
 `stream_options` without `stream`); checks that need the model (context length, vocabulary,

@@ -63,6 +63,9 @@ class OpenAIServingChat(OpenAIServing):
                     raise invalid("response_format cannot be combined with a required or named tool_choice",
                                   param="response_format")
                 grammar = forced_call_grammar(tools, self.tool_format, self.grammars)
+            if grammar is not None and request.ignore_eos:  # the grammar ends with EOS; past it nothing is valid
+                raise invalid("ignore_eos cannot be combined with response_format or a forced tool call",
+                              param="ignore_eos")
             markers = self.tool_format.markers if tools is not None and tools.parsed else {}
             new_stream = (lambda p: MarkedTextStream(self.tokenizer, request.stop_strings(), p, markers)) if markers else None
             return self.start_batch(ctx, request, [prompt], request.token_cap(), request.top_logprob_count(),

@@ -103,3 +103,10 @@ def test_bad_response_format_is_400(client, fmt, param):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=user("x"), max_tokens=5, response_format=fmt)
     assert err.value.body["param"] == param
+
+
+def test_ignore_eos_with_a_grammar_is_400(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=MODEL, messages=user("x"), max_tokens=5,
+                                       response_format={"type": "json_object"}, extra_body={"ignore_eos": True})
+    assert err.value.body["param"] == "ignore_eos"
