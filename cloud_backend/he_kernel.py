@@ -41,7 +41,7 @@ import os
 import torch
 
 from cloud_backend.kernels import LinearCallError
-from talaria_wire import WireFormatError, decode_tensors, encode_tensors, ntt
+from talaria_wire import OpKey, WireFormatError, decode_tensors, encode_tensors, ntt
 from talaria_wire.he_params import (DELTA, N, REQUEST_FIELDS, TAIL, expand_uniform, gaussian, max_answer_cols,
                                     request_cap, ternary)
 from talaria_wire.ring import PRIMES, SEED_BYTES, W_BITS, limb_bits
@@ -234,6 +234,10 @@ def parse_request(service, name: str, body: bytes):
     cols = _cols(decode_metadata(body).get("cols", ""), fp.w_bar.shape[1])
     b = _residues(tensors, "b", (fp.d, len(PRIMES), N))
     pk_b = _residues(tensors, "pk_b", (len(PRIMES), N))
+    recorder = getattr(service, "recorder", None)
+    if recorder is not None:  # --record: the transcript keeps what arrived (the audit's uniformity test)
+        recorder._save(OpKey.parse(name), {k: tensors[k].contiguous() for k in REQUEST_FIELDS},
+                       {"kind": "he", "cols": f"{cols[0]}:{cols[1]}"})
     a_hat = expand_uniform(_seed(tensors, "seed"), "a", fp.d, N)
     return fp, torch.stack([a_hat, b], dim=1), cols, _seed(tensors, "pk_seed"), pk_b
 

@@ -4,6 +4,7 @@ oversized or wrongly-shaped body, and exact pads through the `he` source over HT
 import httpx
 import pytest
 import torch
+from safetensors import safe_open
 from support import start_talaria
 
 from cloud_backend.checkpoint import load_prepared_model
@@ -21,9 +22,11 @@ from talaria_wire.ring import PRIMES, T, limb_bits
 @pytest.fixture(scope="module")
 def pad_cloud(tiny_model, tmp_path_factory):
     path = tiny_model("qwen2")
-    server = start_talaria("cloud", ["--model", str(path), "--scheme", "pad"], tmp_path_factory.mktemp("he") / "cloud.log")
+    work = tmp_path_factory.mktemp("he")
+    server = start_talaria("cloud", ["--model", str(path), "--scheme", "pad", "--record", str(work / "record")],
+                           work / "cloud.log")
     try:
-        yield server.wait_ready(), path
+        yield server.wait_ready(), path, work / "record"
     finally:
         server.stop()
 
@@ -59,7 +62,7 @@ def expect_error(resp, status, needle):
 
 
 def test_bad_bodies_get_4xx(pad_cloud, keys):
-    server, _ = pad_cloud
+    server = pad_cloud[0]
     good, _, enc = body_for(keys, 64)
     expect_error(post(server, "9.o", good), 404, "unknown op")
     expect_error(httpx.post(f"{server.url}/v1/he/0.o", content=b"not a tensor blob"), 400, "safetensors")
@@ -84,7 +87,7 @@ def test_bad_bodies_get_4xx(pad_cloud, keys):
 
 
 def test_a_column_range_decrypts_to_exact_products(pad_cloud, keys, w_bars):
-    server, _ = pad_cloud
+    server = pad_cloud[0]
     r = torch.randint(0, T, (N, 64))
     tensors, _, _ = body_for(keys, 64)
     enc = he_keys.encrypt(keys, r.t().contiguous())  # these rows, not body_for's
@@ -101,7 +104,7 @@ def test_a_column_range_decrypts_to_exact_products(pad_cloud, keys, w_bars):
 
 
 def test_he_source_over_http_is_exact(pad_cloud, keys, w_bars):
-    server, _ = pad_cloud
+    server = pad_cloud[0]
     session = CloudSession(server.url, timeout=120)
     session.manifest()
     op = "0.o"
@@ -112,3 +115,7 @@ def test_he_source_over_http_is_exact(pad_cloud, keys, w_bars):
         assert block.r.shape == (256, w.shape[0]) and torch.equal(block.rw, ring_matmul(block.r, w, limb_bits(w.shape[0])))
     assert source.stats["batches"] == 3 and source.stats["bytes_up"] > 0 and source.stats["bytes_down"] > 0
     source.close()
+    # --record keeps what the cloud received: the ciphertext halves and seeds, never a pad in the clear
+    recorded = [safe_open(str(f), "pt") for f in sorted((pad_cloud[2] / "calls").glob("*.safetensors"))]
+    he_calls = [f for f in recorded if f.metadata().get("kind") == "he" and f.metadata()["op"] == "o"]
+    assert len(he_calls) >= 3 and set(he_calls[-1].keys()) == {"b", "seed", "pk_seed", "pk_b"}
