@@ -73,6 +73,10 @@ class ProxyMetrics:
                                           "Time from request arrival to the end of generation.",
                                           buckets=_DURATION_BUCKETS, registry=self.registry)
         self.registry.register(_EngineCollector(runtime))
+        if getattr(runtime, "pads", None) is not None:  # the pad scheme's pool (talaria_proxy/pads/metrics.py)
+            from talaria_proxy.pads.metrics import PadCollector
+
+            self.registry.register(PadCollector(runtime.pads))
 
     def observe_request(self, endpoint: str, status: int, prompt_tokens: int, completion_tokens: int,
                         ttft: float | None, duration: float) -> None:

@@ -71,6 +71,11 @@ def test_the_dealer_refuses_bad_requests(pad_cloud):
     assert httpx.post(pad_cloud.url + "/v1/pads", content=b"garbage").status_code == 400
 
 
+def metric(text: str, name: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith(name + " "))
+    return float(line.rsplit(" ", 1)[1])
+
+
 def chat(url: str, words: int) -> httpx.Response:
     model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
     body = {"model": model, "max_tokens": 2,
@@ -92,11 +97,16 @@ def test_a_dealer_that_dies_returns_or_changes_weights(tiny_model, tmp_path, pad
                                     "--pad-pool-mb", "1", "--pad-timeout", "5"], tmp_path / "proxy.log").wait_ready()
     try:
         assert chat(proxy.url, 3).status_code == 200
+        metrics = httpx.get(proxy.url + "/metrics").text
+        assert metric(metrics, 'talaria_pad_rows_consumed_total{op_kind="qkv"}') > 0
+        assert metric(metrics, "talaria_pad_source_up") == 1
         first.stop(signal.SIGKILL)
         t0 = time.monotonic()
         resp = chat(proxy.url, 120)
         assert resp.status_code == 503 and time.monotonic() - t0 < 8.0, resp.text
         assert "pad" in resp.json()["error"]["message"]
+        metrics = httpx.get(proxy.url + "/metrics").text
+        assert metric(metrics, "talaria_pad_source_up") == 0 and metric(metrics, "talaria_pad_unavailable_total") >= 1
         second = dealer()  # the same checkpoint again: the proxy carries on
         deadline = time.monotonic() + 15
         while (status := chat(proxy.url, 120).status_code) != 200 and time.monotonic() < deadline:
