@@ -2,7 +2,9 @@
 
     GET  /health                      200 when ready; JSON with the frame socket's port (or null)
     GET  /v1/manifest                 JSON Manifest
-    GET  /v1/recovery/{op}            safetensors {'basis': M_pub [m, d_in], 'recovery': R_pub [m, d_out]}
+    GET  /v1/public/{op}              safetensors: the scheme's public tensors of op (remo: 'basis' M_pub
+                                      [m, d_in], 'recovery' R_pub [m, d_out]; pad: 'col_exp' g [d_out])
+    POST /v1/pads                     pad clouds, as dealer: seeds -> r W_bar mod t (see pads() below)
     GET  /v1/cvm-params               safetensors: embedding table, RoPE inv_freq, q/k-norm gains
     GET  /v1/tokenizer                JSON {filename: text}
     POST /v1/linear/{op}              body safetensors {'x': [N, d_in]} -> {'y': [N, d_out]}
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import logging
 import time
 
+import torch
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 
@@ -35,6 +39,8 @@ from talaria_wire.tensors import MEDIA_TYPE, decode_metadata
 log = logging.getLogger(__name__)
 
 FINGERPRINT_HEADER = "x-talaria-fingerprint"
+MAX_PAD_REQUESTS = 1024  # pad blocks per dealer request
+MAX_PAD_BODY = 64 * MAX_PAD_REQUESTS + (64 << 10)  # seeds and the [[op, rows], ...] metadata
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
@@ -99,11 +105,42 @@ def build_app(service: MaskedLinearService, api_key: str | None = None, frame_po
     def manifest():
         return service.manifest.model_dump()
 
-    @app.get("/v1/recovery/{op}")
-    async def recovery(op: str):
-        if op not in service.recovery:
-            return _error(404, f"unknown op {op!r}", "unknown_op")
-        blob = await compute.run(encode_tensors, {"basis": service.bases[op], "recovery": service.recovery[op]})
+    @app.get("/v1/public/{op}")
+    async def public(op: str):
+        try:
+            tensors = service.public(op)
+        except LinearCallError as exc:
+            return _error(exc.status, str(exc), "unknown_op")
+        return Response(await compute.run(encode_tensors, tensors), media_type=MEDIA_TYPE)
+
+    @app.post("/v1/pads")
+    async def pads(request: Request):
+        """The dealer: body {'seeds': [B, 32] uint8}, metadata requests = JSON [[op, rows], ...]
+        -> {'0': r W_bar mod t [rows_0, d_out], ...} for the pad each seed stands for."""
+        body = await _bounded_body(request, MAX_PAD_BODY)
+        if body is None:
+            return _error(413, f"a pad request is at most {MAX_PAD_BODY} bytes", "too_large")
+        try:
+            tensors = decode_tensors(body)
+            requests = json.loads(decode_metadata(body).get("requests", "null"))
+            seeds = tensors.get("seeds")
+            if (not isinstance(requests, list) or seeds is None or seeds.dtype != torch.uint8 or seeds.dim() != 2
+                    or seeds.shape[0] != len(requests) or not all(isinstance(r, list) and len(r) == 2 for r in requests)):
+                raise WireFormatError("expected tensor 'seeds' [B, 32] uint8 and metadata requests = [[op, rows], ...] of length B")
+            if len(requests) > MAX_PAD_REQUESTS:
+                raise LinearCallError(f"at most {MAX_PAD_REQUESTS} pad blocks per request, got {len(requests)}", 413)
+            if not all(isinstance(op, str) and type(rows) is int for op, rows in requests):
+                raise WireFormatError("each request is [op name, rows]")
+
+            def deal():
+                out = {str(i): service.dealer_pads(op, bytes(seeds[i].tolist()), rows) for i, (op, rows) in enumerate(requests)}
+                return encode_tensors(out)
+
+            blob = await compute.run(deal)
+        except (WireFormatError, ValueError) as exc:
+            if isinstance(exc, LinearCallError):
+                return _error(exc.status, str(exc), "unknown_op" if exc.status == 404 else "bad_request")
+            return _error(400, str(exc), "bad_body")
         return Response(blob, media_type=MEDIA_TYPE)
 
     @app.get("/v1/cvm-params")
