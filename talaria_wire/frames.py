@@ -33,7 +33,7 @@ MAGIC = b"TLF1"
 HEADER = struct.Struct("<4sBBHII")
 HELLO, CALL, REPLY, ERROR = 1, 2, 3, 4
 BYTES = 0
-DTYPE_CODES = {torch.float32: 1, torch.float64: 2}
+DTYPE_CODES = {torch.float32: 1, torch.float64: 2, torch.int64: 3}  # int64: residues of the pad scheme's ring
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 MAX_PAYLOAD = 1 << 31  # 2 GiB: anything larger is a corrupt header, not a call
 HELLO_MAX_BYTES = 4096  # a HELLO carries one small JSON object: anything larger is refused unread
@@ -67,7 +67,7 @@ def encode_frame(kind: int, op: int = 0, tensor: torch.Tensor | None = None,
     if tensor is not None:
         t = tensor.detach().to("cpu").contiguous()
         if t.dim() != 2 or t.dtype not in DTYPE_CODES:
-            raise FrameError(f"frames carry 2-D float32/float64 tensors, got {t.dtype} {list(t.shape)}")
+            raise FrameError(f"frames carry 2-D float32/float64/int64 tensors, got {t.dtype} {list(t.shape)}")
         header = HEADER.pack(MAGIC, kind, DTYPE_CODES[t.dtype], op, t.shape[0], t.shape[1])
         body = memoryview(t.numpy()).cast("B") if t.numel() else memoryview(b"")
     else:

@@ -47,10 +47,14 @@ def test_non_contiguous_and_bad_tensors(pair):
     x = torch.randn(6, 4, dtype=torch.float64).T  # a transposed view is sent as its values
     send_frame(a, REPLY, tensor=x)
     assert torch.equal(recv_frame(b)[2], x)
-    with pytest.raises(FrameError, match="2-D float32/float64"):
+    with pytest.raises(FrameError, match="2-D float32/float64/int64"):
         send_frame(a, CALL, tensor=torch.zeros(3, dtype=torch.float64))
-    with pytest.raises(FrameError, match="2-D float32/float64"):
-        send_frame(a, CALL, tensor=torch.zeros(2, 2, dtype=torch.int64))
+    with pytest.raises(FrameError, match="2-D float32/float64/int64"):
+        send_frame(a, CALL, tensor=torch.zeros(2, 2, dtype=torch.int32))
+    residues = torch.tensor([[0, 2**62 - 1], [-1, 5]], dtype=torch.int64)  # the pad scheme's ring residues
+    send_frame(a, CALL, 3, tensor=residues)
+    kind, op, got = recv_frame(b)
+    assert (kind, op) == (CALL, 3) and got.dtype == torch.int64 and torch.equal(got, residues)
 
 
 def test_malformed_frames_are_refused(pair):
