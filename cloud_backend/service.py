@@ -36,6 +36,7 @@ class MaskedLinearService:
             protocol=PROTOCOL_VERSION,
             model_name=model.name,
             scheme=scheme,
+            max_rows=max_rows,
             fingerprint=hashlib.sha256(fingerprint_src.encode()).hexdigest()[:16],
             arch=model.arch,
             ops=[OpSpec(name=name, d_in=shape[0], d_out=shape[1], bias=bias, **kernel.op_fields(name))

@@ -32,10 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         try:
             module = importlib.import_module(module_name)
+            module.add_arguments(p)  # may import a side's settings (up: both sides')
         except ImportError as exc:  # a part not installed in this image (e.g. proxy-only)
             p.set_defaults(_unavailable=f"{name} is not available in this installation: {exc}")
             continue
-        module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 

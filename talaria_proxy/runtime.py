@@ -103,6 +103,8 @@ def build_pad_pool(manifest: Manifest, compute, pad_source: str, dealer, *, capa
                 f"the pad dealer serves {theirs.model_name!r} (scheme {theirs.scheme}, fingerprint "
                 f"{theirs.fingerprint}); the compute cloud serves {manifest.model_name!r} (fingerprint "
                 f"{manifest.fingerprint}): both must run `talaria cloud --scheme pad` on the same checkpoint")
+        if theirs.max_rows is not None and block_rows > theirs.max_rows:
+            raise ValueError(f"pad_block_rows {block_rows} is over the dealer's max_rows {theirs.max_rows}")
         source = DealerSource(shapes, dealer, rows_per_block=block_rows)
     elif pad_source == "he":
         from talaria_proxy.pads.he_source import HeSource
@@ -124,6 +126,10 @@ def build_runtime(compute, scheme: str = "remo", *, transport: str | LinearTrans
     manifest = compute.manifest()
     if manifest.protocol != PROTOCOL_VERSION:
         raise ProtocolMismatch(f"cloud speaks {manifest.protocol}, this proxy {PROTOCOL_VERSION}")
+    config = scheduler or SchedulerConfig()
+    if manifest.max_rows is not None and config.max_batch_tokens > manifest.max_rows:
+        raise ValueError(f"max_batch_tokens {config.max_batch_tokens} is over the cloud's max_rows {manifest.max_rows}: "
+                         "a step would be refused; lower max_batch_tokens or raise the cloud's max_rows")
     if isinstance(compute, LinearTransport):
         link = compute
     elif isinstance(transport, LinearTransport):
@@ -142,7 +148,7 @@ def build_runtime(compute, scheme: str = "remo", *, transport: str | LinearTrans
     params, attention_scaling = compute.cvm_params()
     model = SplitModel(manifest.arch, params, attention_scaling, linear)
     tokenizer = load_tokenizer(compute.tokenizer_files())
-    engine = AsyncEngine(model, scheduler, max_model_len)
+    engine = AsyncEngine(model, config, max_model_len)
     if pool is not None:
         pool.start()
     log.info("proxy runtime ready in %.1fs", time.monotonic() - t0)

@@ -75,6 +75,7 @@ class Manifest(BaseModel):
     # and the CVM adds (x B^T) R_pub (see cloud_backend/service.py)
     reply: Literal["full", "projected"] = "full"
     reply_dtype: str | None = None  # dtype of the answer (None: wire_dtype)
+    max_rows: int | None = None  # rows the cloud accepts per call (413 beyond); the proxy's step must fit
     arch: ArchSpec
     ops: list[OpSpec]
     masking: MaskingSpec | None = None  # remo

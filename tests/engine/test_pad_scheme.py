@@ -169,3 +169,13 @@ def test_a_pad_runtime_refuses_a_remo_cloud_and_a_dealer_with_other_weights(pad_
         build_runtime(InProcessCloud(compute), "pad", dealer=InProcessCloud(other))
     with pytest.raises(ValueError, match="needs a dealer"):
         build_runtime(InProcessCloud(compute), "pad")
+
+
+def test_a_step_budget_over_the_clouds_row_limit_is_refused_at_start(tiny_model):
+    from talaria_proxy.scheduler import SchedulerConfig
+
+    service = MaskedLinearService(load_prepared_model(str(tiny_model("qwen2"))), default_rank=8, max_rows=64)
+    assert service.manifest.max_rows == 64
+    with pytest.raises(ValueError, match="max_batch_tokens 512 is over the cloud's max_rows 64"):
+        build_runtime(InProcessCloud(service), "remo")
+    build_runtime(InProcessCloud(service), "remo", scheduler=SchedulerConfig(max_batch_tokens=64)).close()
