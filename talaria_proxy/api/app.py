@@ -144,11 +144,11 @@ def build_app(runtime: ProxyRuntime, settings: ProxySettings, *, health_interval
 
     @app.post("/tokenize")
     async def tokenize_text(request: TokenizeRequest) -> JSONResponse:
-        return JSONResponse(tokenize.tokenize(request).model_dump())
+        return JSONResponse(await tokenize.handle(tokenize.tokenize, request))
 
     @app.post("/detokenize")
     async def detokenize_ids(request: DetokenizeRequest) -> JSONResponse:
-        return JSONResponse(tokenize.detokenize(request).model_dump())
+        return JSONResponse(await tokenize.handle(tokenize.detokenize, request))
 
     card = ModelCard(id=served, created=created, max_model_len=engine.max_model_len)
 

@@ -34,7 +34,7 @@ from talaria_proxy.api.generation import GenerationBatch
 from talaria_proxy.api.protocol import SamplingFields
 from talaria_proxy.api.protocol_responses import (INPUT_TEXT_TYPES, IncompleteDetails, InputMessage, OutputMessage,
                                                   OutputText, ResponseObject, ResponsesRequest, ResponseUsage)
-from talaria_proxy.api.serving_base import OpenAIServing, RequestContext, log
+from talaria_proxy.api.serving_base import OpenAIServing, RequestContext
 from talaria_proxy.api.serving_tokenize import render_chat
 
 # SamplingFields that mean something else here, or nothing: refused when sent as extras
@@ -48,8 +48,6 @@ class OpenAIServingResponses(OpenAIServing):
 
     async def create(self, request: ResponsesRequest, raw: Request) -> Response:
         ctx = RequestContext(f"resp_{uuid.uuid4().hex}", time.monotonic())
-        if request.model_extra:  # names only: the values may be user text
-            log.debug("%s: extra fields %s", ctx.request_id, sorted(request.model_extra))
         item_id = f"msg_{uuid.uuid4().hex}"
 
         def submit() -> GenerationBatch:

@@ -11,13 +11,15 @@ the CVM's own; nothing here reaches the cloud, and no text is logged.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, Callable
 
 import jinja2
 from pydantic import BaseModel, Field
 
 from talaria_proxy.api.errors import invalid
 from talaria_proxy.api.protocol import ChatMessage, OpenAIRequest
+from talaria_proxy.api.serving_base import _TOKENIZER_THREAD
 from talaria_proxy.api.serving_chat import _flatten_content
 
 
@@ -53,6 +55,12 @@ class OpenAIServingTokenize:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.check_model = check_model  # raises the 404 of an unknown model name
+
+    async def handle(self, method: Callable[[Any], BaseModel], request) -> dict:
+        """Run `method` on the proxy's one tokenizer thread: off the event loop, and never at the
+        same time as another request's tokenization (a fast tokenizer is not safe across threads)."""
+        answer = await asyncio.get_running_loop().run_in_executor(_TOKENIZER_THREAD, method, request)
+        return answer.model_dump()
 
     def _check(self, model: str | None) -> None:
         if model is not None:
