@@ -132,7 +132,7 @@ def flood_residues(count: int, n: int = N) -> torch.Tensor:
     return torch.remainder(acc - offset, _P)
 
 
-def rerandomise(answers: torch.Tensor, pk_seed: bytes, pk_b: torch.Tensor, chunk: int = 64,
+def rerandomise(answers: torch.Tensor, pk_seed: bytes, pk_b: torch.Tensor, chunk: int = 4,
                 flood: bool = True) -> torch.Tensor:
     """answers [o, 2, P, N] (a_hat NTT domain, b coefficients) -> the same, each plus a fresh
     encryption of zero under (a_pk, pk_b) and flooding noise on b (in place; returned).

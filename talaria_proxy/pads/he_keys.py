@@ -33,6 +33,8 @@ from talaria_wire.ring import DELTA_PRIMES, PRIMES, RING_PRIMES, SEED_BYTES, crt
 _P = torch.tensor(PRIMES, dtype=torch.int64)[:, None]  # [P, 1]
 _DELTA_MOD = torch.tensor([DELTA % p for p in PRIMES], dtype=torch.int64)[:, None]  # 0 on the Delta primes
 _N_RING = len(RING_PRIMES)
+CHUNK = 4  # polynomials per vectorised step: temporaries of ~2 MB stay in cache (measured: 4.1 ms per
+# answer against 5.7 ms at 16 and 22 ms with all 1024 answers of an op at once)
 
 
 def _rns(values: torch.Tensor) -> torch.Tensor:
@@ -80,10 +82,13 @@ def encrypt(keys: HeKeys, m: torch.Tensor, noise: torch.Tensor | None = None) ->
     tab = keys.tab
     seed = os.urandom(SEED_BYTES)
     a_hat = expand_uniform(seed, "a", d, n)  # [d, P, N]
-    a_s = ntt.intt(ntt.pointwise(a_hat, keys.s_hat, tab), tab)  # [d, P, N] coefficients of a_j s
     e = gaussian(d * n).view(d, n) if noise is None else noise.to(torch.int64)
-    delta_m = torch.remainder(m[:, None, :], _P) * _DELTA_MOD  # [d, P, N]; < 2^62
-    b = torch.remainder(delta_m + _rns(e) - a_s, _P)
+    b = torch.empty_like(a_hat)
+    for i in range(0, d, CHUNK):
+        sl = slice(i, i + CHUNK)
+        a_s = ntt.intt(ntt.pointwise(a_hat[sl], keys.s_hat, tab), tab)  # coefficients of a_j s
+        delta_m = torch.remainder(m[sl, None, :], _P) * _DELTA_MOD  # [c, P, N]; < 2^62
+        b[sl] = torch.remainder(delta_m + _rns(e[sl]) - a_s, _P)
     return Encrypted(seed, b)
 
 
@@ -137,4 +142,5 @@ def _phase(keys: "HeKeys", a_hat: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 
 def decrypt(keys: HeKeys, a_hat: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Answers a_hat [o, P, N] (NTT domain), b [o, P, N] -> (M [o, N] mod t, noise share [o, N])."""
-    return decode(_phase(keys, a_hat, b))
+    parts = [decode(_phase(keys, a_hat[i : i + CHUNK], b[i : i + CHUNK])) for i in range(0, a_hat.shape[0], CHUNK)]
+    return torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts])
