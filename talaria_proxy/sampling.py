@@ -89,9 +89,10 @@ class Sampler:
         if self.bias is not None:
             x += self.bias
         if self.in_prompt is not None:
-            seen = self.in_prompt | (self.counts > 0)
+            seen = (self.in_prompt | (self.counts > 0)).nonzero()[:, 0]  # only these few logits change
             # Dividing a negative logit would raise it: vLLM (after CTRL) multiplies those instead.
-            x = torch.where(seen, torch.where(x > 0, x / p.repetition_penalty, x * p.repetition_penalty), x)
+            old = x[seen]
+            x[seen] = torch.where(old > 0, old / p.repetition_penalty, old * p.repetition_penalty)
         if p.presence_penalty or p.frequency_penalty:
             x -= p.presence_penalty * (self.counts > 0).float() + p.frequency_penalty * self.counts
         return x
