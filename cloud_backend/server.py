@@ -5,6 +5,7 @@
     GET  /v1/public/{op}              safetensors: the scheme's public tensors of op (remo: 'basis' M_pub
                                       [m, d_in], 'recovery' R_pub [m, d_out]; pad: 'col_exp' g [d_out])
     POST /v1/pads                     pad clouds, as dealer: seeds -> r W_bar mod t (see pads() below)
+    POST /v1/he/{op}                  pad clouds, `he` source: RLWE ciphertexts of pad rows -> W_bar products
     GET  /v1/cvm-params               safetensors: embedding table, RoPE inv_freq, q/k-norm gains
     GET  /v1/tokenizer                JSON {filename: text}
     POST /v1/linear/{op}              body safetensors {'x': [N, d_in]} -> {'y': [N, d_out]}
@@ -30,6 +31,7 @@ import torch
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 
+from cloud_backend import he_kernel
 from cloud_backend.compute import ComputeThread
 from cloud_backend.limits import CallLimits
 from cloud_backend.service import LinearCallError, MaskedLinearService
@@ -141,6 +143,24 @@ def build_app(service: MaskedLinearService, api_key: str | None = None, frame_po
             if isinstance(exc, LinearCallError):
                 return _error(exc.status, str(exc), "unknown_op" if exc.status == 404 else "bad_request")
             return _error(400, str(exc), "bad_body")
+        return Response(blob, media_type=MEDIA_TYPE)
+
+    @app.post("/v1/he/{op}")
+    async def he_pads(op: str, request: Request):
+        """The `he` pad source: RLWE ciphertexts of pad rows -> re-randomised W_bar products (he_kernel.py)."""
+        try:
+            cap = he_kernel.body_cap(service, op)
+        except LinearCallError as exc:
+            return _error(exc.status, str(exc), "unknown_op")
+        body = await _bounded_body(request, cap)
+        if body is None:
+            return _error(413, f"an he request for {op} is at most {cap} bytes (one batch of ciphertexts)", "too_large")
+        try:
+            blob = await he_kernel.serve(compute, service, op, body)
+        except WireFormatError as exc:
+            return _error(400, str(exc), "bad_body")
+        except LinearCallError as exc:
+            return _error(exc.status, str(exc), "unknown_op" if exc.status == 404 else "bad_request")
         return Response(blob, media_type=MEDIA_TYPE)
 
     @app.get("/v1/cvm-params")
