@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, help="speed: timed repeats per point, median reported (default 3)")
     p.add_argument("--no-variants", action="store_true",
                    help="speed: skip the variant clouds (float32 wire, 2 cloud threads)")
+    p.add_argument("--no-pad", action="store_true",
+                   help="speed: skip the pad scheme (compute + dealer pad clouds); precision: skip its study")
     p.add_argument("--scales", help="precision: comma-separated mask scales (default 0.1,1,10,100)")
     p.add_argument("--num-prompts", type=int, help="precision: prompts for the greedy check (default 8)")
     p.add_argument("--tokens", type=int, help="precision: greedy tokens per prompt (default 32)")

@@ -72,6 +72,7 @@ def _openmp_teams(model_path, compute_dtype: str, threads: int = 2, row_counts=(
 
     import torch
 
+    from benchmarks.breakdown import call_input
     from benchmarks.servers import cloud_mode
     from cloud_backend.cli import build_service
     from cloud_backend.compute import ComputeThread
@@ -83,7 +84,7 @@ def _openmp_teams(model_path, compute_dtype: str, threads: int = 2, row_counts=(
         out = {}
         for rows in row_counts:
             g = torch.Generator().manual_seed(0)
-            xs = [(op.name, torch.randn(rows, op.d_in, generator=g, dtype=service.dtype) * 10) for op in service.manifest.ops]
+            xs = [(op.name, call_input(service, op.name, rows, g)) for op in service.manifest.ops]
 
             def sweep():
                 for name, x in xs:

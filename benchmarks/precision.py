@@ -7,7 +7,7 @@ On real checkpoint weights, for every cloud precision mode x mask scale:
        y = (x + M_pvt M_pub) W - M_pvt R_pub     vs the exact   y_ref = x W   (float64 weights)
    error = ||y - y_ref||_F / ||y_ref||_F, computed before the CVM's final cast to float32 (which
    adds <= 6e-8). Scale 'none' is the unmasked call: the mode's own rounding.
-2. Greedy identity. The split model (`build_runtime` over `InProcessLinearBackend`, the same
+2. Greedy identity. The split model (`build_runtime` over `InProcessCloud`, the same
    code path as the proxy) is teacher-forced on the greedy tokens of the unmodified float32 HF
    model, all prompts batched per step; a prompt stays identical when every step's argmax equals
    the reference token (then free-running greedy decoding reproduces it exactly).
@@ -64,6 +64,9 @@ class Bf16Service:
         # the cloud computes R_pub = M_pub W from the weights it actually serves
         self.recovery = {k: (base.bases[k].double() @ w.double()).float() for k, (w, _) in self.weights.items()}
 
+    def public(self, op):
+        return {"basis": self.bases[op], "recovery": self.recovery[op]}
+
     def linear(self, op, x):
         w, b = self.weights[op]
         y = x.bfloat16() @ w
@@ -75,8 +78,10 @@ class Tf32Service:
 
     def __init__(self, base):
         self.base = base
-        self.manifest, self.bases, self.recovery, self.model, self.dtype = (
-            base.manifest, base.bases, base.recovery, base.model, base.dtype)
+        self.manifest, self.bases, self.recovery, self.model = base.manifest, base.bases, base.recovery, base.model
+
+    def public(self, op):
+        return self.base.public(op)
 
     def linear(self, op, x):
         import torch
@@ -92,6 +97,8 @@ def build_mode(path: Path, mode: str):
     from cloud_backend.cli import build_service
     from cloud_backend.settings import CloudSettings
 
+    if mode == "pad":  # the ring kernel and the dealer (W_bar from the float64 weights)
+        return build_service(CloudSettings(model=str(path), scheme="pad"))
     if mode == "mixed":  # the default: projected answers
         return build_service(CloudSettings(model=str(path), compute_dtype="mixed", reply="projected"))
     if mode in ("float64", "mixed/full", "float32"):  # full answers x~ W + b: the mask goes through the GEMM
@@ -104,54 +111,62 @@ def build_mode(path: Path, mode: str):
     raise ValueError(mode)
 
 
-def capture(path: Path, prompts, max_rows: int = 64) -> tuple[dict, dict]:
+def capture(path: Path, prompts, max_rows: int = 64, extra=None) -> tuple[dict, dict, object]:
     """x (float32, as the CVM holds it) and exact y_ref = x W + b (float64) per op, from a float64
-    unmasked prefill of all prompts in one step."""
-    from talaria_proxy.linear_backend import InProcessLinearBackend
+    unmasked prefill of all prompts in one step (through the in-process cloud, scheme none), and
+    extra(service, xs) computed while the float64 weights are loaded (None without it)."""
     from talaria_proxy.model import SeqChunk
     from talaria_proxy.runtime import build_runtime
+    from talaria_proxy.transports.in_process import InProcessCloud
 
     service = build_mode(path, "float64")
     xs: dict = {}
 
-    class Capture(InProcessLinearBackend):
-        def linear(self, op, x):
-            xs.setdefault(op, x[:max_rows].clone())
-            return super().linear(op, x)
+    class Capture(InProcessCloud):
+        def linear(self, op, tensor):
+            xs.setdefault(op, tensor[:max_rows].clone())
+            return super().linear(op, tensor)
 
     rt = build_runtime(Capture(service), "none")
     rt.model.forward([SeqChunk(rt.model.new_cache(), p, 0, True) for p in prompts])
+    rt.close()
     refs = {}
     for op, x in xs.items():
-        w = service.model.ops[op]
-        refs[op] = x @ w.weight + (0 if w.bias is None else w.bias)  # [rows, d_out] float64
         xs[op] = x.float()
+        refs[op] = exact_reference(service.model.ops[op], xs[op])
+    more = extra(service, xs) if extra is not None else None
     del service, rt
     gc.collect()
-    return xs, refs
+    return xs, refs, more
+
+
+def exact_reference(w, x):
+    """x W + b in float64 from float64 weights: the reference every error is measured against."""
+    return x.double() @ w.weight + (0 if w.bias is None else w.bias)  # [rows, d_out] float64
 
 
 def op_errors(service, xs: dict, refs: dict, scale: float | None) -> dict:
     """Relative recovery error per op for one mask scale (None: unmasked)."""
     import torch
 
-    from talaria_proxy.linear_backend import InProcessLinearBackend
-    from talaria_proxy.masking import NoMask, RemoMask
+    from talaria_proxy.schemes.base import COMPUTE
+    from talaria_proxy.schemes.remo import NoMask, RemoMask
+    from talaria_proxy.transports.in_process import InProcessCloud
 
-    backend = InProcessLinearBackend(service)
-    manifest = backend.manifest()
+    cloud = InProcessCloud(service)
+    manifest = cloud.manifest()
     scheme = NoMask(manifest) if scale is None else RemoMask(manifest, mask_scale=scale, seed=0)
     out = {}
     for op, x in xs.items():
-        scheme.prepare(op, backend)
-        x_masked, coeff = scheme.mask(op, x)
-        y_masked = service.linear(op, x_masked)
+        scheme.prepare(op, cloud.public(op))
+        payloads, secret = scheme.mask(op, x)
+        answer = service.linear(op, payloads[COMPUTE])
         if scheme.projected:  # exactly what the proxy does: z + (x B^T) R_pub in float32
-            y = scheme.finish(op, y_masked, coeff, scheme.completion(op, x))
+            y = scheme.finish(op, {COMPUTE: answer}, secret, scheme.completion(op, x, secret))
         elif scale is None:
-            y = y_masked
+            y = answer
         else:  # RemoMask.unmask without its final cast to float32: y = y~ - M_pvt R_pub, in the wire dtype
-            y = torch.addmm(y_masked, coeff, scheme.recovery[op], alpha=-1)
+            y = torch.addmm(answer, secret, scheme.recovery[op], alpha=-1)
         out[op] = rel_error(y, refs[op])
     return out
 
@@ -178,21 +193,28 @@ def hf_reference(path: Path, prompts, tokens: int):
     return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, dim=1).float()
 
 
-def greedy_check(service, scale: float | None, prompts, ref_tokens, ref_logits) -> dict:
-    """Teacher-force the split model on the reference tokens; compare argmax and logits per step."""
+def greedy_check(service, scale: float | None, prompts, ref_tokens, ref_logits, scheme: str | None = None) -> dict:
+    """Teacher-force the split model on the reference tokens; compare argmax and logits per step.
+    scheme: 'none'/'remo' from the scale by default; 'pad' runs the pad scheme with the same
+    in-process service as its dealer."""
     import torch
 
-    from talaria_proxy.linear_backend import InProcessLinearBackend
     from talaria_proxy.model import SeqChunk
     from talaria_proxy.runtime import build_runtime
+    from talaria_proxy.transports.in_process import InProcessCloud
 
-    rt = build_runtime(InProcessLinearBackend(service), "none" if scale is None else "remo",
-                       mask_scale=scale or 1.0, mask_seed=0)
-    caches = [rt.model.new_cache() for _ in prompts]
-    steps = [rt.model.forward([SeqChunk(c, p, 0, True) for c, p in zip(caches, prompts)])]  # [P, V]
-    for s in range(ref_tokens.shape[1] - 1):
-        steps.append(rt.model.forward([SeqChunk(c, [int(t[s])], len(p) + s, True)
-                                       for c, p, t in zip(caches, prompts, ref_tokens)]))
+    scheme = scheme or ("none" if scale is None else "remo")
+    dealer = InProcessCloud(service, role="pad dealer") if scheme == "pad" else None
+    rt = build_runtime(InProcessCloud(service), scheme, mask_scale=scale or 1.0, mask_seed=0, dealer=dealer,
+                       pad_source="dealer", pad_timeout=600.0)
+    try:
+        caches = [rt.model.new_cache() for _ in prompts]
+        steps = [rt.model.forward([SeqChunk(c, p, 0, True) for c, p in zip(caches, prompts)])]  # [P, V]
+        for s in range(ref_tokens.shape[1] - 1):
+            steps.append(rt.model.forward([SeqChunk(c, [int(t[s])], len(p) + s, True)
+                                           for c, p, t in zip(caches, prompts, ref_tokens)]))
+    finally:
+        rt.close()
     logits = torch.stack(steps, dim=1)  # [P, T, V]
     match = logits.argmax(-1) == ref_tokens
     first = first_divergence(match)
@@ -207,13 +229,15 @@ def min_margin(ref_logits) -> float:
     return float((top2[..., 0] - top2[..., 1]).min())
 
 
-def study_model(size: str, modes, scales, num_prompts: int, tokens: int) -> dict:
+def study_model(size: str, modes, scales, num_prompts: int, tokens: int, pad: bool = True) -> dict:
     path = model_dir(size)
     from transformers import AutoTokenizer
 
+    from benchmarks import pad_precision
+
     prompts = make_prompts(num_prompts, 16, 3, len(AutoTokenizer.from_pretrained(path)), seed=1)
     _say(f"[{size}] capturing activations (float64, unmasked) and the float32 HF reference")
-    xs, refs = capture(path, prompts)
+    xs, refs, sides = capture(path, prompts, extra=pad_precision.float_side if pad else None)
     ref_tokens, ref_logits = hf_reference(path, prompts, tokens)
     res = {"size": size, "margin_min": min_margin(ref_logits), "errors": {}, "greedy": {}}
     for mode in modes:
@@ -230,6 +254,18 @@ def study_model(size: str, modes, scales, num_prompts: int, tokens: int) -> dict
         del service
         gc.collect()
         _say(f"  ({mode}: {time.time() - t0:.0f}s)")
+    if pad:
+        t0 = time.time()
+        service = build_mode(path, "pad")
+        errors = pad_precision.reduce_pad(pad_precision.pad_errors(service, sides))
+        res["pad"] = {"errors": errors, "at_or_below_float32": pad_precision.at_or_below_float32(errors),
+                      "greedy": greedy_check(service, None, prompts, ref_tokens, ref_logits, scheme="pad")}
+        del service
+        gc.collect()
+        g = res["pad"]["greedy"]
+        _say(f"  {size} pad: exact ring products {errors['exact']}, error <= float32 GEMM "
+             f"{res['pad']['at_or_below_float32']}, identical {g['identical_prompts']}/{g['prompts']}, max |dlogit| "
+             f"{g['max_abs_logit_diff']:.2e} ({time.time() - t0:.0f}s)")
     return res
 
 
@@ -251,7 +287,8 @@ def run(args) -> int:
     with contextlib.suppress(AttributeError):
         torch.backends.cuda.matmul.allow_tf32 = False  # every mode but tf32 computes in true float32
     for size in models:
-        report["models"][size] = study_model(size, modes, scales, cfg["num_prompts"], cfg["tokens"])
+        report["models"][size] = study_model(size, modes, scales, cfg["num_prompts"], cfg["tokens"],
+                                             pad=not getattr(args, "no_pad", False))
     report["elapsed_s"] = time.time() - started
     write_report(out, "precision", report, precision_report.markdown, precision_report.plot)
     _say(f"wrote {out}/precision.md, precision.json, precision.png in {report['elapsed_s']:.0f}s")

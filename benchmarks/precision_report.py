@@ -52,6 +52,36 @@ def _greedy_table(m: dict, scales: list[str]) -> str:
     return markdown_table(["GEMM mode"] + [f"scale {s}" if s != "none" else "no mask" for s in scales], rows)
 
 
+def _pad_lines(m: dict) -> list[str]:
+    """The pad scheme's fixed-point error next to float32 GEMM's, and its greedy identity."""
+    p = m.get("pad")
+    if not p:
+        return []
+    from benchmarks.pad_precision import OUTLIER_FACTOR, OUTLIER_ROWS, OUTLIERS
+
+    rows = []
+    for kind, sets in p["errors"]["by_kind"].items():
+        for name, r in sets.items():
+            rows.append([kind, name, r["pad"]["rel"], r["pad_float32_out"]["rel"], r["float32"]["rel"],
+                         fmt(r["pad_float32_out"]["rel"] / r["float32"]["rel"], 2) if r["float32"]["rel"] else "-",
+                         r["pad"]["row_max"], r["float32"]["row_max"]])
+    g = p["greedy"]
+    first = "" if g["identical_prompts"] == g["prompts"] else f", first difference at step {g['first_divergence_min']}"
+    return [f"Pad scheme (fixed point in Z_t, exact ring products): relative error against float64 x W + b, max over "
+            f"the ops of each kind; 'outliers': {OUTLIER_ROWS} rows of each op's activations with {OUTLIERS} "
+            f"coordinates set to +-{OUTLIER_FACTOR:g}x the row's RMS. pad: encode_rows -> u = x_bar - r -> the "
+            "cloud's ring kernel -> lift(v + r W_bar) -> exponents, before the CVM's cast to float32; pad -> f32: "
+            "after it (what the model gets); float32: one float32 GEMM x W + b on the same rows. worst row: max "
+            "over rows of ||y_i - y_ref_i|| / ||y_ref_i||.", "",
+            markdown_table(["op kind", "rows", "pad", "pad -> f32", "float32 GEMM", "pad -> f32 / float32",
+                            "pad worst row", "float32 worst row"], rows), "",
+            f"Integer products equal Python-integer arithmetic on spot checks of all {p['errors']['ops']} ops: "
+            f"{p['errors']['exact']}. Pad error at or below float32 GEMM's for every kind and row set: "
+            f"{p['at_or_below_float32']}. Greedy through the in-process pad cloud and dealer vs the float32 model: "
+            f"{g['identical_prompts']}/{g['prompts']} prompts identical{first}, max |logit difference| "
+            f"{fmt(g['max_abs_logit_diff'], 2)}.", ""]
+
+
 def verdict(m: dict) -> list[str]:
     """Modes that keep every prompt identical at every measured mask scale."""
     return [mode for mode, by_scale in m["greedy"].items()
@@ -60,7 +90,7 @@ def verdict(m: dict) -> list[str]:
 
 def markdown(report: dict) -> str:
     cfg, mach = report["config"], report["machine"]
-    lines = [f"# ReMO recovery precision ({report['mode']} run)", "",
+    lines = [f"# ReMO recovery precision and the pad scheme's fixed point ({report['mode']} run)", "",
              f"Machine: {mach['cpu']}, {mach['cores']} cores, torch {mach['torch']}, CUDA {mach['cuda']}"
              f"{'' if mach['cuda'] else ' (no CUDA device: the tf32 mode was not measured)'}.",
              f"Mask scales {', '.join(f'{s:g}' for s in cfg['scales'])} (mask row norm / activation row norm), "
@@ -76,7 +106,7 @@ def markdown(report: dict) -> str:
                   "Greedy decoding vs the float32 model: prompts identical over all tokens (first differing step; "
                   "max |logit difference| in brackets). Smallest top-1/top-2 logit gap of the reference: "
                   f"{fmt(m['margin_min'], 2)}.", "", _greedy_table(m, scales), "",
-                  f"Identical at every scale: {', '.join(verdict(m)) or 'none'}.", ""]
+                  f"Identical at every scale: {', '.join(verdict(m)) or 'none'}.", "", *_pad_lines(m)]
     return "\n".join(lines) + "\n" + NOTES
 
 

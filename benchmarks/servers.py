@@ -29,21 +29,31 @@ def start(command: str, args: list[str], log_dir: Path, threads: int = 1) -> Ser
 
 
 def cloud_mode(mode: str) -> dict:
-    """A benchmark's cloud mode 'COMPUTE_DTYPE[/REPLY]' (e.g. 'mixed', 'mixed/full') -> cloud settings."""
+    """A benchmark's cloud mode -> cloud settings: 'pad' (the ring kernel and dealer), or
+    'COMPUTE_DTYPE[/REPLY]' of a remo cloud (e.g. 'mixed', 'mixed/full')."""
+    if mode == "pad":
+        return {"scheme": "pad"}
     compute, _, reply = mode.partition("/")
     return {"compute_dtype": compute, **({"reply": reply} if reply else {})}
 
 
 def start_cloud(model: Path, log_dir: Path, mode: str, threads: int = 1) -> Server:
     settings = cloud_mode(mode)
-    reply = ["--reply", settings["reply"]] if "reply" in settings else []
-    return start("cloud", ["--model", str(model), "--threads", str(threads), "--compute-dtype",
-                           settings["compute_dtype"], *reply, "--log-level", "warning"], log_dir, threads)
+    if mode == "pad":
+        flags = ["--scheme", "pad"]
+    else:
+        flags = ["--compute-dtype", settings["compute_dtype"]] + (["--reply", settings["reply"]] if "reply" in settings else [])
+    return start("cloud", ["--model", str(model), "--threads", str(threads), *flags, "--log-level", "warning"],
+                 log_dir, threads)
 
 
-def start_proxy(cloud_url: str, log_dir: Path, transport: str, threads: int = 1) -> Server:
+def start_proxy(cloud_url: str, log_dir: Path, transport: str, threads: int = 1, *, dealer_url: str | None = None,
+                pad_pool_mb: int | None = None) -> Server:
+    """A proxy of the default scheme, or with `dealer_url` one of scheme pad with that dealer."""
+    pad = ["--scheme", "pad", "--pad-source", "dealer", "--dealer-url", dealer_url, "--pad-timeout", "600",
+           *(["--pad-pool-mb", str(pad_pool_mb)] if pad_pool_mb else [])] if dealer_url else []
     return start("proxy", ["--cloud", cloud_url, "--cloud-transport", transport, "--threads", str(threads),
-                           "--log-level", "warning", "--cloud-wait", "600"], log_dir, threads)
+                           "--log-level", "warning", "--cloud-wait", "600", *pad], log_dir, threads)
 
 
 def defaults() -> dict:

@@ -123,10 +123,10 @@ def _profiles(path: Path, cfg: dict, prompts, log_dir: Path, main: dict, variant
     return out
 
 
-def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool) -> dict:
+def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool, pad: bool = True) -> dict:
     import torch
 
-    from benchmarks import micro, servers
+    from benchmarks import micro, ring_micro, servers
     from benchmarks.hf_baseline import HFBaseline
     from benchmarks.streams import TalariaClient
 
@@ -165,8 +165,7 @@ def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool) -> dict:
             srv.stop()
         extra = []
         tal.close()
-        hf.close()
-        tal = hf = None
+        tal = None
         proxy.stop()
         proxy = None
         arch = _arch(path)
@@ -178,6 +177,16 @@ def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool) -> dict:
         _say(f"  {res['micro']}")
         _say(f"[{size}] in-process step profiles")
         res["profile"] = _profiles(path, cfg, prompts, log_dir, main, variants, cloud=cloud)
+        _say(f"[{size}] micro: ring kernel vs float GEMMs of the op shapes")
+        res["micro"]["ring"] = ring_micro.run_fresh(arch)
+        if pad:
+            from benchmarks import pad_bench
+
+            cloud.stop()  # the pad clouds need the memory
+            _say(f"[{size}] scheme pad, pad source dealer")
+            res["pad"] = pad_bench.pad_phase(path, cfg, prompts, log_dir, hf, main["transport"])
+        hf.close()
+        hf = None
     finally:
         for thing in (tal, hf, proxy, *extra[::-1]):
             if thing is not None:
@@ -213,7 +222,8 @@ def run(args) -> int:
               "load_avg_start": load_average(), "models": {}}
     for size in cfg["models"]:
         report["models"][size] = bench_model(size, {**cfg, "repeats": cfg["repeats"].get(size, 3)}, log_dir,
-                                             variants=not args.no_variants)
+                                             variants=not args.no_variants, pad=not getattr(args, "no_pad", False))
+        _say(f"[{size}] done after {time.time() - started:.0f}s")
     report["load_avg_end"] = load_average()
     report["elapsed_s"] = time.time() - started
     write_report(out, "bench", report, speed_report.markdown, speed_report.plot)

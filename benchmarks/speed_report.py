@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks import pad_report
 from benchmarks.common import fmt, markdown_table, ratio
 from benchmarks.hf_baseline import best_point
 
@@ -165,7 +166,7 @@ def markdown(report: dict) -> str:
             lines += [f"At equal GEMM threads (HF 1 thread vs the cloud's 1 thread; the proxy has its own core, as a "
                       f"CVM would): 1 stream {fmt(es)}x ({'met' if es <= SINGLE_TARGET else 'NOT met'}), 8 streams "
                       f"{fmt(em)}x ({'met' if em >= MULTI_TARGET else 'NOT met'}).", ""]
-        lines += _breakdown(m) + _prediction_lines(m, s)
+        lines += _breakdown(m) + _prediction_lines(m, s) + pad_report.ring_lines(m) + pad_report.pad_lines(m)
     return "\n".join(lines) + "\n"
 
 
@@ -222,6 +223,12 @@ def plot(report: dict, path: Path) -> None:
     sums = [summary(report["models"][k]) for k in models]
     ax1.bar([x - 0.2 for x in xs], [s["single_ratio"] for s in sums], 0.4, label="1 stream: ms/token / HF b1")
     ax1.bar([x + 0.2 for x in xs], [s["multi_ratio"] for s in sums], 0.4, label="8 streams: tokens/s / HF b8")
+    pads = [(x, report["models"][k]["pad"]) for x, k in zip(xs, models) if report["models"][k].get("pad")]
+    if pads:
+        from benchmarks.pad_bench import PAD_SINGLE_TARGET, summary as pad_summary
+
+        ax1.bar([x + 0.45 for x, _ in pads], [pad_summary(p)["single_ratio"] for _, p in pads], 0.25, color="C3",
+                label=f"pad, 1 stream: ms/token / HF b1 1 thread (target {PAD_SINGLE_TARGET:g})")
     ax1.axhline(SINGLE_TARGET, ls="--", c="C0", lw=1)
     ax1.axhline(MULTI_TARGET, ls="--", c="C1", lw=1)
     ax1.set_yscale("log")

@@ -1,4 +1,4 @@
-"""The step profiler's bookkeeping, with a fake backend: no cloud, no model."""
+"""The step profiler's bookkeeping, with a fake transport: no cloud, no model."""
 
 from __future__ import annotations
 
@@ -7,29 +7,35 @@ import math
 import pytest
 import torch
 
-from benchmarks.breakdown import Counters, TimingBackend, attention_timer, split_step, summarise
-from talaria_proxy.linear_backend import LinearBackend
+from benchmarks.breakdown import Counters, TimingTransport, attention_timer, pad_timer, split_step, summarise
+from talaria_proxy.transports.base import LinearTransport, PendingCall
 
 
-class FakeBackend(LinearBackend):
+class FakeTransport(LinearTransport):
+    name = "fake"
+
     def __init__(self):
         self.calls = []
+        self.abandoned = 0
+        self.closed = False
 
-    manifest = public_tensors = cvm_params = tokenizer_files = None
-
-    def linear(self, op, x):
+    def begin(self, op, tensor):
         self.calls.append(op)
-        return x * 2
+
+        def release(ok):
+            self.abandoned += not ok
+
+        return PendingCall(lambda: tensor * 2, release)
 
     def close(self):
         self.closed = True
 
 
-def test_timing_backend_delegates_and_charges_the_gemm_table():
+def test_timing_transport_delegates_and_charges_the_gemm_table():
     table = {("0.qkv", 3): {"gemm_s": 0.002, "serialise_s": 0.001, "bytes": 100},
              ("lm_head", 1): {"gemm_s": 0.010, "serialise_s": 0.003, "bytes": 900}}
-    inner = FakeBackend()
-    backend = TimingBackend(inner, table)
+    inner = FakeTransport()
+    backend = TimingTransport(inner, table)
     y = backend.linear("0.qkv", torch.ones(3, 4))
     backend.linear("lm_head", torch.ones(1, 4))
     assert torch.equal(y, torch.full((3, 4), 2.0)) and inner.calls == ["0.qkv", "lm_head"]
@@ -39,6 +45,35 @@ def test_timing_backend_delegates_and_charges_the_gemm_table():
     assert c.round_trip_s > 0
     backend.linear("0.qkv", torch.ones(5, 4))  # a shape the table was not built for must not look free
     assert math.isnan(backend.counters.gemm_s) and math.isnan(backend.counters.payload_bytes)
+    backend.close()
+    assert inner.closed
+
+
+def test_timing_transport_passes_an_abandon_on_and_charges_nothing():
+    inner = FakeTransport()
+    backend = TimingTransport(inner, {})
+    backend.begin("0.o", torch.ones(1, 4)).abandon()
+    assert inner.abandoned == 1 and backend.counters.calls == 0
+
+
+def test_pad_waits_are_their_own_component():
+    c = Counters(calls=9, round_trip_s=0.009, gemm_s=0.003, attention_s=0.001, sampling_s=0.0005, pad_wait_s=0.004)
+    d = split_step(0.02, c, mask_s=0.006)  # the pool's wait happened inside the scheme's mask
+    parts = ("cloud_gemm_ms", "transport_ms", "masking_ms", "pad_wait_ms", "attention_ms", "sampling_ms", "other_cvm_ms")
+    assert sum(d[p] for p in parts) == pytest.approx(d["total_ms"])
+    assert d["masking_ms"] == pytest.approx(2.0) and d["pad_wait_ms"] == pytest.approx(4.0)
+
+
+def test_pad_timer_times_encode_and_decode_and_restores():
+    import talaria_proxy.schemes.pad as pad_mod
+
+    original = pad_mod.encode_rows, pad_mod.decode_rows
+    c = Counters()
+    with pad_timer(c):
+        x_bar, f = pad_mod.encode_rows(torch.randn(3, 8), 30, bias=True)
+        y = pad_mod.decode_rows(x_bar[:, :2], f, torch.zeros(2, dtype=torch.int64))
+    assert c.encode_s > 0 and c.decode_s > 0 and y.shape == (3, 2)
+    assert (pad_mod.encode_rows, pad_mod.decode_rows) == original
 
 
 def test_split_step_components_add_up_to_the_step():
