@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=4, help="greedy tokens generated per prompt (default 4)")
     p.add_argument("--inverter-seqs", type=int, help="attacker's random training sequences (default 400; quick 40)")
     p.add_argument("--inverter-epochs", type=int, help="inverter training epochs (default 12; quick 5)")
+    p.add_argument("--append", metavar="JSON",
+                   help="add the settings of this run to an earlier privacy.json of the same model, prompts and "
+                        "attacks (its settings are kept, settings it already has are not re-run)")
     p.add_argument("--out", help="output directory (default results/privacy; --quick: a temporary directory)")
     p.add_argument("--workdir", help="where transcripts are recorded (default: a temporary directory)")
     p.add_argument("--keep-records", action="store_true", help="keep the recorded transcripts")
@@ -146,6 +149,10 @@ def _audit(args, attacks: tuple[str, ...], workdir: Path) -> dict:
         "settings": [],
         "uniformity": [],
     }
+    if args.append:
+        settings = _append(report, Path(args.append), settings)
+        if not settings:
+            return report
     # A small checkpoint's next cloud loads while this setting runs; a large one waits (memory).
     prefetch = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) < PREFETCH_BYTES
     clouds = {0: start_cloud(model_dir, settings[0], workdir / settings[0].dirname)}
@@ -160,6 +167,30 @@ def _audit(args, attacks: tuple[str, ...], workdir: Path) -> dict:
         for cloud in clouds.values():
             cloud.stop()
     return report
+
+
+SAME_CONFIG = ("quick", "prompts_file", "num_prompts", "max_tokens", "attacks", "ops", "inverter", "inverter_seqs",
+               "inverter_len")
+
+
+def _append(report: dict, path: Path, settings: list) -> list:
+    """Start `report` from an earlier one (same model, prompts and attacks, else exit 2); returns the
+    settings still to run (those the earlier report lacks)."""
+    import json
+
+    prev = json.loads(path.read_text())
+    differ = [k for k in SAME_CONFIG if prev["config"].get(k) != report["config"].get(k)]
+    if prev["model"] != report["model"] or differ:
+        _say(f"--append {path}: another model or configuration ({', '.join(differ) or 'model'}); not appending")
+        raise SystemExit(2)
+    report["config"]["ranks"] = prev["config"]["ranks"]
+    report["settings"] = prev["settings"]
+    report["uniformity"] = prev.get("uniformity", [])
+    if "majority" in prev:
+        report["majority"] = prev["majority"]
+    report["previous_runtime_seconds"] = prev.get("runtime_seconds", 0.0)
+    have = {s["label"].split(":")[0] for s in prev["settings"]}
+    return [s for s in settings if s.label not in have]
 
 
 def _audit_setting(args, attacker, setting, cloud, model_dir: Path, prompts: list[str], workdir: Path,
@@ -213,7 +244,7 @@ def _finish(report: dict, out: Path, t_start: float) -> int:
             best = max((c["0.qkv"]["accuracy"] for c in s["results"].values() if "0.qkv" in c), default=0.0)
             report["sanity"]["collusion_best_layer0"] = best
             report["sanity"]["passed"] = report["sanity"]["passed"] and best >= NONE_FLOOR
-    report["runtime_seconds"] = time.monotonic() - t_start
+    report["runtime_seconds"] = time.monotonic() - t_start + report.get("previous_runtime_seconds", 0.0)
     paths = R.write(report, out)
     print(R.markdown(report))
     _say(f"wrote {', '.join(str(p) for p in paths.values())} ({report['runtime_seconds']:.0f}s)")

@@ -10,7 +10,8 @@ For one setting the harness:
      - none / remo: one cloud (`--mask-rank m`), record in workdir/record;
      - pad/dealer: two `--scheme pad` clouds, the compute cloud (workdir/record) and the pad
        dealer (workdir/dealer), which must not collude; each records only what it receives;
-     - pad/he: one `--scheme pad` cloud that computes online and makes the pads under RLWE;
+     - pad/he: one `--scheme pad` cloud that computes online and makes the pads under RLWE (its
+       record holds the online residues and every ciphertext upload);
   2. builds the proxy runtime in this process (`CloudSession`, `build_runtime`, tcp frames);
   3. runs the prompts one at a time (max_running = 1, greedy, a few generated tokens each), so
      every model step carries exactly one sequence's rows in order;
@@ -157,7 +158,7 @@ def collect(model_dir: Path, setting: Setting, prompts: list[str], workdir: Path
         if setting.scheme == "pad":
             dealer = None if clouds.dealer is None else CloudSession(clouds.dealer.url, timeout=120.0, role="pad dealer")
             options = {"dealer": dealer, "pad_source": setting.pad_source, "pad_pool_bytes": 16 << 20,
-                       "pad_timeout": 120.0}
+                       "pad_timeout": 600.0}
         rt = build_runtime(session, setting.scheme, scheduler=SchedulerConfig(max_running=1, max_batch_tokens=4096),
                            **options)
         prompt_ids = [rt.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]

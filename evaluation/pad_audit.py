@@ -19,7 +19,7 @@ from evaluation.audit import score
 from evaluation.transcript import load_transcript
 
 VIEW_TITLES = {"compute": "compute cloud alone", "dealer": "dealer alone", "both": "both clouds (collusion)",
-               "cloud": "the one cloud (residues + ciphertexts)"}
+               "cloud": "the one cloud, residues + ciphertexts decrypted as if s = 0"}
 
 
 def _xbar(workdir: Path) -> dict:
@@ -53,8 +53,10 @@ def audit_pad(attacker, setting, workdir: Path, truth: dict, collect_seconds: fl
     else:
         from evaluation import he_views
 
-        views = {"cloud": he_views.cloud_view(tr, workdir / "record")}
-        extra["ciphertexts"] = he_views.ciphertext_tests(workdir / "record")
+        uploads = he_views.load_uploads(workdir / "record")
+        views["cloud"] = he_views.cloud_view(tr, uploads)
+        extra["ciphertexts"] = he_views.ciphertext_tests(uploads)
+        del uploads
     entries = []
     for view, vtr in views.items():
         t0 = time.monotonic()

@@ -1,0 +1,40 @@
+"""`--append`: an audit continues an earlier report of the same model and configuration only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evaluation.cli import _append
+from evaluation.harness import Setting
+
+
+def _report(num_prompts: int = 100) -> dict:
+    return {"model": {"name": "tiny-qwen2", "hidden_size": 64}, "runtime_seconds": 50.0, "majority": {"share": 0.1},
+            "config": {"quick": False, "prompts_file": "pii.txt", "num_prompts": num_prompts, "max_tokens": 4,
+                       "ranks": [16, 32], "attacks": ["nn"], "ops": None, "inverter": {}, "inverter_seqs": 400,
+                       "inverter_len": 48},
+            "settings": [{"label": "none"}, {"label": "remo-m16"}, {"label": "pad/dealer: compute"}],
+            "uniformity": [{"label": "pad/dealer"}]}
+
+
+def test_append_keeps_the_earlier_settings_and_runs_only_new_ones(tmp_path):
+    path = tmp_path / "privacy.json"
+    path.write_text(json.dumps(_report()))
+    report = _report()
+    report.update(settings=[], uniformity=[], runtime_seconds=0.0)
+    report["config"]["ranks"] = [16]
+    todo = _append(report, path, [Setting("none"), Setting("remo", 16), Setting("pad", pad_source="dealer"),
+                                  Setting("pad", pad_source="he")])
+    assert [s.label for s in todo] == ["pad/he"]
+    assert [s["label"] for s in report["settings"]] == ["none", "remo-m16", "pad/dealer: compute"]
+    assert report["uniformity"] == [{"label": "pad/dealer"}] and report["previous_runtime_seconds"] == 50.0
+    assert report["config"]["ranks"] == [16, 32]
+
+
+def test_append_refuses_another_configuration(tmp_path):
+    path = tmp_path / "privacy.json"
+    path.write_text(json.dumps(_report(num_prompts=8)))
+    with pytest.raises(SystemExit):
+        _append(_report(), path, [Setting("pad", pad_source="he")])
