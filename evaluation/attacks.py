@@ -11,6 +11,9 @@ Without M_pub, the mask subspace still shows as the m directions of abnormally l
 many observations (mask variance per direction ~ s^2 |x|^2 / m vs. ~|x|^2 / d for the signal); the
 rank m itself is public (manifest), and can also be read off the spectrum.
 
+The same primitives serve the pad scheme's transcripts (evaluation.pad_views), whose rows are
+known only up to a positive factor: there `normalize` compares unit rows, i.e. by angle.
+
 Shape legend: n observed rows of one op, d = d_in, k rows of a subspace basis U [k, d]
 (orthonormal), C candidate tokens.
 """
