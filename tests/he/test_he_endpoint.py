@@ -5,12 +5,13 @@ import httpx
 import pytest
 import torch
 from safetensors import safe_open
-from support import start_talaria
+from support import free_port, start_talaria
 
 from cloud_backend.checkpoint import load_prepared_model
 from cloud_backend.fixed_weights import fixed_point_op
 from cloud_backend.ring_kernel import ring_matmul
 from talaria_proxy.cloud_session import CloudSession
+from talaria_proxy.errors import CloudUnavailable
 from talaria_proxy.pads import he_keys
 from talaria_proxy.pads.he_source import HeSource
 from talaria_proxy.pads.source import PadShape
@@ -119,3 +120,26 @@ def test_he_source_over_http_is_exact(pad_cloud, keys, w_bars):
     recorded = [safe_open(str(f), "pt") for f in sorted((pad_cloud[2] / "calls").glob("*.safetensors"))]
     he_calls = [f for f in recorded if f.metadata().get("kind") == "he" and f.metadata()["op"] == "o"]
     assert len(he_calls) >= 3 and set(he_calls[-1].keys()) == {"b", "seed", "pk_seed", "pk_b"}
+
+
+def test_a_cloud_restart_drops_the_batch_in_flight_and_fresh_pads_follow(tiny_model, cloud_factory, keys):
+    """Killed mid-use and restarted on the same port: the source raises CloudUnavailable for the
+    batch it was making (nothing of it is handed out), then makes fresh, exact pads again."""
+    port = free_port()
+    cloud = cloud_factory(tiny_model("qwen2"), "--scheme", "pad", port=port)
+    session = CloudSession(cloud.url, timeout=60, connect_timeout=1.0)
+    session.manifest()
+    op = "0.o"
+    source = HeSource({op: PadShape(op, 64, 64)}, session, rows=32, check_rows=4, keys=keys)
+    (first,) = source.produce([op])  # bootstrap: one block handed out, one kept
+    source.produce([op])
+    cloud.stop()
+    with pytest.raises(CloudUnavailable):
+        source.produce([op])
+    assert source.stats["discarded"] == 1
+    cloud_factory(tiny_model("qwen2"), "--scheme", "pad", port=port)
+    (again,) = source.produce([op])  # same weights: the reference rows still hold
+    model = load_prepared_model(str(tiny_model("qwen2")), dtype=torch.float64)
+    w = fixed_point_op(model.ops[op].weight, model.ops[op].bias).w_bar
+    assert torch.equal(again.rw, ring_matmul(again.r, w, limb_bits(64)))
+    assert not set(map(tuple, again.r.tolist())) & set(map(tuple, first.r.tolist()))
