@@ -124,3 +124,16 @@ def test_other_weights_reset_the_reference_rows(keys):
     calls = cloud.calls
     blk = source.produce(["op"])[0]  # the kept bootstrap block is dropped; a new bootstrap runs
     assert cloud.calls == calls + 2 and exact(blk, cloud.w_bar)
+
+
+def test_wide_ops_are_asked_for_in_column_ranges(keys, monkeypatch):
+    import talaria_proxy.pads.he_source as he_source
+
+    monkeypatch.setattr(he_source, "max_answer_cols", lambda: 2)
+    source, cloud = make_source(keys)
+    seen = []
+    real_post = cloud.post_tensors
+    cloud.post_tensors = lambda path, tensors, metadata=None, timeout=None: (
+        seen.append(metadata["cols"]) or real_post(path, tensors, metadata, timeout))
+    blk = source.produce(["op"])[0]
+    assert seen == ["0:2", "2:3", "0:2", "2:3"] and exact(blk, cloud.w_bar)
