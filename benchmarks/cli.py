@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="speed: skip the variant clouds (float32 wire, 2 cloud threads)")
     p.add_argument("--no-pad", action="store_true",
                    help="speed: skip the pad scheme (compute + dealer pad clouds); precision: skip its study")
+    p.add_argument("--modes", help="precision: comma-separated GEMM modes (default: all; pad is separate, see --no-pad)")
+    p.add_argument("--merge", action="store_true",
+                   help="precision: keep the modes of the existing report that this run does not measure")
     p.add_argument("--scales", help="precision: comma-separated mask scales (default 0.1,1,10,100)")
     p.add_argument("--num-prompts", type=int, help="precision: prompts for the greedy check (default 8)")
     p.add_argument("--tokens", type=int, help="precision: greedy tokens per prompt (default 32)")

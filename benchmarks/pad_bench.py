@@ -89,7 +89,28 @@ def dealer_throughput(dealer_url: str, block_rows: int, reps: int = 3) -> dict:
         session.close()
 
 
-def pad_phase(path, cfg: dict, prompts, log_dir, hf, transport: str, variants: bool = True) -> dict:
+def he_figures(size: str, timeout: float = 1500.0) -> dict:
+    """benchmarks.he_pads (the `he` source's costs, another helper's module) in a fresh one-thread
+    process; {'error': ...} when it is missing or fails, so the dealer rows still get written."""
+    import json
+    import os
+    import subprocess
+    import tempfile
+
+    from benchmarks.common import thread_env
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        try:
+            subprocess.run([sys.executable, "-m", "benchmarks.he_pads", "--size", size, "--threads", "1",
+                            "--out", out.name], env={**os.environ, **thread_env(1)}, capture_output=True,
+                           text=True, check=True, timeout=timeout)
+            return json.loads(open(out.name).read())
+        except (subprocess.SubprocessError, OSError, ValueError) as exc:
+            tail = getattr(exc, "stderr", "") or ""
+            return {"error": f"{type(exc).__name__}: {str(exc)[:200]} {tail[-300:]}"}
+
+
+def pad_phase(path, cfg: dict, prompts, log_dir, hf, transport: str, size: str = "tiny", he: bool = True) -> dict:
     """Everything the report's pad rows need, for one model; `hf` is the loaded HF baseline."""
     from benchmarks import breakdown, servers
     from benchmarks.common import hf_metrics, median_of_runs
@@ -98,7 +119,8 @@ def pad_phase(path, cfg: dict, prompts, log_dir, hf, transport: str, variants: b
 
     from benchmarks.speed import ROWS
 
-    reps, n = cfg["repeats"], cfg["new_tokens"]
+    # at most 2 rounds: a 0.5B-shaped pad round (refills included) takes several minutes here
+    reps, n = min(2, cfg["repeats"]), cfg["new_tokens"]
     block_rows = ProxySettings.model_fields["pad_block_rows"].default
     res: dict = {"pool_mb": POOL_MB, "block_rows": block_rows, "transport": transport, "threads": 1,
                  "prompt_len": cfg["prompt_len"], "new_tokens": n}
@@ -160,6 +182,10 @@ def pad_phase(path, cfg: dict, prompts, log_dir, hf, transport: str, variants: b
             proxy.stop()
         dealer.stop()
         compute.stop()
+    if he:  # with the pad clouds stopped: it needs the cores and the memory
+        _say("  the he pad source's figures (benchmarks.he_pads, fresh process)")
+        res["he"] = he_figures(size)
+        _say(f"  he: {res['he'].get('tokens_per_s_sequential', res['he'].get('error'))} complete pad sets/s")
     return res
 
 

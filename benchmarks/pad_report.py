@@ -56,7 +56,25 @@ def pad_lines(m: dict) -> list[str]:
              f"Bytes per token of one stream (per row of every op, payloads): compute cloud {fmt(_kib(comp['sent']))} "
              f"KiB up (u), {fmt(_kib(comp['received']))} KiB down (v); dealer {fmt(per_row['sent'])} B up (seeds), "
              f"{fmt(_kib(per_row['received']))} KiB down (r W_bar).", ""]
-    return lines + _profile_lines(pad)
+    return lines + _profile_lines(pad) + he_lines(pad.get("he"))
+
+
+def he_lines(he: dict | None) -> list[str]:
+    """The `he` source's figures (benchmarks.he_pads), next to the dealer's."""
+    if not he:
+        return []
+    if "error" in he:
+        return [f"Pad source he: benchmarks.he_pads did not run ({he['error'][:300]}).", ""]
+    rows = [[k, f"{v['d']}x{v['o']}", v["pad_rows_per_s_sequential"], v["pad_rows_per_s_pipelined"],
+             v["pad_rows_per_s_cpu"], _kib(v["bytes_up_per_row"]), _kib(v["bytes_down_per_row"])]
+            for k, v in he["ops"].items()]
+    return [f"Pad source he (the compute cloud under RLWE; benchmarks.he_pads, N = {he['N']}, {he['timed']}; "
+            f"load average {fmt(he.get('load_average'))}): complete pad sets/s {fmt(he['tokens_per_s_sequential'])} "
+            f"with CVM and cloud sharing this machine, {fmt(he['tokens_per_s_pipelined'])} each on its own "
+            f"(the slower sets the rate), {fmt(he['tokens_per_s_cpu'])} per CPU-second; the dealer above: "
+            "one process, sets/s.", "",
+            markdown_table(["op kind", "d x o", "rows/s shared", "rows/s pipelined", "rows/s per CPU-s",
+                            "KiB/row up", "KiB/row down"], rows), ""]
 
 
 def _profile_lines(pad: dict) -> list[str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import sys
 import time
 from pathlib import Path
@@ -269,6 +270,25 @@ def study_model(size: str, modes, scales, num_prompts: int, tokens: int, pad: bo
     return res
 
 
+def carry_over(report: dict, old: dict) -> None:
+    """--merge: modes of the previous report that this run did not measure are kept, named per
+    model in 'carried' (the report says so next to them)."""
+    for size, m in report["models"].items():
+        prev = old.get("models", {}).get(size)
+        if not prev:
+            continue
+        carried = [mode for mode in prev.get("errors", {}) if mode not in m["errors"]]
+        for mode in carried:
+            m["errors"][mode], m["greedy"][mode] = prev["errors"][mode], prev["greedy"][mode]
+        m["carried"] = carried
+        if "pad" not in m and "pad" in prev:
+            m["pad"] = prev["pad"]
+            m["carried"].append("pad")
+    for size, prev in old.get("models", {}).items():  # models this run did not study at all
+        if size not in report["models"]:
+            report["models"][size] = {**prev, "carried": ["all"]}
+
+
 def run(args) -> int:
     import torch
 
@@ -278,6 +298,8 @@ def run(args) -> int:
     models = args.models.split(",") if args.models else (["tiny"] if args.quick else ["tiny", "0.5b"])
     scales = [float(s) for s in args.scales.split(",")] if args.scales else list(SCALES)
     modes = ["float64", "mixed", "mixed/full", "float32", "bfloat16"] + (["tf32"] if torch.cuda.is_available() else [])
+    if getattr(args, "modes", None):
+        modes = [m for m in args.modes.split(",") if m]
     cfg = {"models": models, "scales": scales, "modes": modes, "num_prompts": args.num_prompts or 8,
            "tokens": args.tokens or 32, "prompt_len": 16, "mask_seed": 0, "threads": torch.get_num_threads()}
     out = Path(args.out or ("results/precision/quick" if args.quick else "results/precision"))
@@ -290,6 +312,8 @@ def run(args) -> int:
         report["models"][size] = study_model(size, modes, scales, cfg["num_prompts"], cfg["tokens"],
                                              pad=not getattr(args, "no_pad", False))
     report["elapsed_s"] = time.time() - started
+    if getattr(args, "merge", False) and (out / "precision.json").exists():
+        carry_over(report, json.loads((out / "precision.json").read_text()))
     write_report(out, "precision", report, precision_report.markdown, precision_report.plot)
     _say(f"wrote {out}/precision.md, precision.json, precision.png in {report['elapsed_s']:.0f}s")
     return 0

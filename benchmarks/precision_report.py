@@ -106,7 +106,9 @@ def markdown(report: dict) -> str:
                   "Greedy decoding vs the float32 model: prompts identical over all tokens (first differing step; "
                   "max |logit difference| in brackets). Smallest top-1/top-2 logit gap of the reference: "
                   f"{fmt(m['margin_min'], 2)}.", "", _greedy_table(m, scales), "",
-                  f"Identical at every scale: {', '.join(verdict(m)) or 'none'}.", "", *_pad_lines(m)]
+                  f"Identical at every scale: {', '.join(verdict(m)) or 'none'}.", "",
+                  *([f"Carried over from the previous run (not re-measured in this one): {', '.join(m['carried'])}.", ""]
+                    if m.get("carried") else []), *_pad_lines(m)]
     return "\n".join(lines) + "\n" + NOTES
 
 

@@ -184,7 +184,7 @@ def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool, pad: bool =
 
             cloud.stop()  # the pad clouds need the memory
             _say(f"[{size}] scheme pad, pad source dealer")
-            res["pad"] = pad_bench.pad_phase(path, cfg, prompts, log_dir, hf, main["transport"])
+            res["pad"] = pad_bench.pad_phase(path, cfg, prompts, log_dir, hf, main["transport"], size=size)
         hf.close()
         hf = None
     finally:

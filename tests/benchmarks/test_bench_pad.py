@@ -112,3 +112,18 @@ def test_at_or_below_float32_compares_every_kind_and_row_set():
     assert pad_precision.at_or_below_float32(good)
     good["by_kind"]["down"] = {"activations": r(3e-7, 2e-7), "outliers": r(1e-7, 2e-7)}
     assert not pad_precision.at_or_below_float32(good)
+
+
+def test_merge_keeps_the_modes_and_models_this_run_did_not_measure():
+    from benchmarks.precision import carry_over
+
+    def entry(modes):
+        return {"errors": {m: {"none": 1} for m in modes}, "greedy": {m: {"none": 2} for m in modes}}
+
+    report = {"models": {"0.5b": entry(["float32"])}}
+    old = {"models": {"0.5b": entry(["float64", "float32"]), "tiny": entry(["mixed"])}}
+    old["models"]["0.5b"]["errors"]["float32"] = {"none": "old"}
+    carry_over(report, old)
+    m = report["models"]["0.5b"]
+    assert m["errors"]["float32"] == {"none": 1} and m["errors"]["float64"] == {"none": 1}  # new kept, old added
+    assert m["carried"] == ["float64"] and report["models"]["tiny"]["carried"] == ["all"]
