@@ -13,8 +13,8 @@ over unsigned ones (|digit| <= 2^(L-1) instead of 2^L - 1): 3 limbs instead of 4
 (every op of a 0.5B model but its down projection). On CPU the limb GEMM runs on numpy's OpenBLAS
 when its thread count can be set to torch's: this box's MKL computes a float64 GEMM of 3-32 rows
 3-6x slower than one row (its small-M path on this AMD CPU), OpenBLAS about at the cost of the
-weights' bytes (bench micro section: results/bench). Large stacks (prefill, the dealer's blocks)
-stay on torch, whose GEMM is faster when multiply-adds, not bytes, bound it. `ring_matmul_limbs` is
+weights' bytes (bench micro section: results/bench); at 24-256 stacked rows it was 10-35% faster,
+beyond 512 rows (long prefills) the two were alike, and those stay on torch. `ring_matmul_limbs` is
 the first formulation (unsigned limbs, torch GEMM), kept as the reference both are tested against,
 with Python integers (tests/cloud/test_ring_kernel.py).
 
@@ -35,7 +35,7 @@ from talaria_wire.ring import HALF_T, RING_PRIMES, T, W_BITS, crt_to_t, limb_bit
 
 RESIDUE_BITS = 62  # t < 2^62
 FLOAT64_EXACT = 1 << 53
-BLAS_MAX_ROWS = 96  # stacked limb rows up to which OpenBLAS beats torch's GEMM here (decode shapes)
+BLAS_MAX_ROWS = 512  # stacked limb rows up to which OpenBLAS runs (decode, dealer blocks); beyond, both are alike
 KERNEL = "signed float64 limbs, OpenBLAS for small stacks"
 
 
