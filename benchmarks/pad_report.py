@@ -17,6 +17,8 @@ def pad_lines(m: dict) -> list[str]:
     pad = m.get("pad")
     if not pad:
         return []
+    if "error" in pad:
+        return [f"Scheme pad: the pad part of this run failed ({pad['error']}).", ""]
     s = summary(pad)
     hf1, hf8 = pad["hf"]["threads=1,batch=1"], pad["hf"]["threads=1,batch=8"]
     rows = [[f"HF generate, batch {b}, 1 thread", h["ms_per_token"], h["ttft_ms"], h["tokens_per_s"], None, None]
@@ -84,7 +86,7 @@ def _profile_lines(pad: dict) -> list[str]:
         d = prof[f"batch={b}"]["decode"]
         rows.append([b, d["total_ms"], *[d.get(c) for c in PAD_COMPONENTS], d.get("encode_ms"), d.get("decode_ms"),
                      f"{fmt(100 * ratio(d['cloud_cpu_ms_mean'], d['wall_ms_mean']), 2)}%",
-                     f"{fmt(100 * ratio(d.get('dealer_cpu_ms_mean'), d['wall_ms_mean']), 2)}%",
+                     f"{fmt(100 * ratio(d.get('dealer_cpu_ms_mean') or float('nan'), d['wall_ms_mean']), 2)}%",
                      d["transport_ms_per_call"], _kib(d["payload_bytes_per_step"])])
     gemm = pad.get("gemm_ms_by_rows", {})
     return ["Where a pad decode step goes (the proxy's engine in the benchmark process against the two cloud "
@@ -105,6 +107,8 @@ def ring_lines(m: dict) -> list[str]:
     ring = m.get("micro", {}).get("ring")
     if not ring:
         return []
+    if "error" in ring:
+        return [f"Ring kernel micro-measurement failed ({ring['error']}).", ""]
     rows = []
     for kind, v in ring["shapes"].items():
         for key in (k for k in v if k.startswith("rows=")):

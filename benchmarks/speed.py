@@ -178,13 +178,13 @@ def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool, pad: bool =
         _say(f"[{size}] in-process step profiles")
         res["profile"] = _profiles(path, cfg, prompts, log_dir, main, variants, cloud=cloud)
         _say(f"[{size}] micro: ring kernel vs float GEMMs of the op shapes")
-        res["micro"]["ring"] = ring_micro.run_fresh(arch)
+        res["micro"]["ring"] = _guarded(ring_micro.run_fresh, arch)
         if pad:
             from benchmarks import pad_bench
 
             cloud.stop()  # the pad clouds need the memory
             _say(f"[{size}] scheme pad, pad source dealer")
-            res["pad"] = pad_bench.pad_phase(path, cfg, prompts, log_dir, hf, main["transport"], size=size)
+            res["pad"] = _guarded(pad_bench.pad_phase, path, cfg, prompts, log_dir, hf, main["transport"], size=size)
         hf.close()
         hf = None
     finally:
@@ -193,6 +193,17 @@ def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool, pad: bool =
                 getattr(thing, "close", getattr(thing, "stop", None))()
         cloud.stop()
     return res
+
+
+def _guarded(fn, *args, **kwargs) -> dict:
+    """fn's result, or {'error': ...}: a late part that fails must not lose the run's other figures."""
+    import traceback
+
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # reported in bench.md and bench.json, with the traceback on stderr
+        traceback.print_exc()
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
 def _arch(path: Path) -> dict:

@@ -223,7 +223,8 @@ def plot(report: dict, path: Path) -> None:
     sums = [summary(report["models"][k]) for k in models]
     ax1.bar([x - 0.2 for x in xs], [s["single_ratio"] for s in sums], 0.4, label="1 stream: ms/token / HF b1")
     ax1.bar([x + 0.2 for x in xs], [s["multi_ratio"] for s in sums], 0.4, label="8 streams: tokens/s / HF b8")
-    pads = [(x, report["models"][k]["pad"]) for x, k in zip(xs, models) if report["models"][k].get("pad")]
+    pads = [(x, report["models"][k]["pad"]) for x, k in zip(xs, models)
+            if report["models"][k].get("pad") and "error" not in report["models"][k]["pad"]]
     if pads:
         from benchmarks.pad_bench import PAD_SINGLE_TARGET, summary as pad_summary
 
