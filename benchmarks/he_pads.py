@@ -1,7 +1,8 @@
 """Cost of the `he` pad source: `measure(size) -> dict` of figures, for the bench to report.
 
 Per op kind of a model shape, one batch of N = 8192 ciphertext slots (8192 - check_rows pad rows):
-CVM encryption (CPU s), the cloud's ciphertext GEMM and re-randomisation (s), CVM decryption
+CVM encryption (CPU s), the cloud's ciphertext GEMM (with expanding the a_j from their seed) and
+re-randomisation (s), CVM decryption
 (CPU s), bytes up and down. From those: pad rows/s per op kind, and tokens/s of complete pads
 (a token takes one pad row of every op: 4 per layer and the LM head), sequential on one machine
 (CVM and cloud share the cores, as in the tests) and pipelined (each party on its own machine:
@@ -72,9 +73,12 @@ def _full_batch(keys, d: int, o: int) -> dict[str, float]:
     r = torch.randint(0, T, (N, d))
     w = _random_w(d, o)
     enc, enc_s = _cpu(he_keys.encrypt, keys, r.t().contiguous())
-    halves = torch.stack([expand_uniform(enc.seed, "a", d, N), enc.b], dim=1)
+    a_hat, expand_s = _wall(expand_uniform, enc.seed, "a", d, N)  # the cloud expands the a_j from the seed
+    expand_cpu = _LAST_CPU
+    halves = torch.stack([a_hat, enc.b], dim=1)
     answers, gemm_s = _wall(he_kernel.ciphertext_matmul, w, halves)
-    gemm_cpu = _LAST_CPU
+    gemm_s += expand_s
+    gemm_cpu = _LAST_CPU + expand_cpu
     _, rerand_s = _wall(he_kernel.rerandomise, answers, keys.pk_seed, keys.pk_b)
     (m, _), dec_s = _cpu(he_keys.decrypt, keys, answers[:, 0], answers[:, 1])
     if not torch.equal(m.t()[:64], ring_matmul(r[:64], w, limb_bits(d))):
@@ -88,14 +92,16 @@ def _sliced_batch(keys, d: int, o: int) -> dict[str, float]:
     de, oc, nc = min(d, SLICE["enc_d"]), min(o, SLICE["cols"]), SLICE["coeffs"]
     og = min(o, SLICE["gemm_cols"])
     _, enc_s = _cpu(he_keys.encrypt, keys, torch.randint(0, T, (de, N)))
+    _, expand_s = _wall(expand_uniform, bytes(SEED_BYTES), "a", de, N)
+    expand_cpu = _LAST_CPU * d / de
     halves = torch.stack([torch.stack([torch.randint(0, p, (d, nc)) for p in PRIMES], dim=1)] * 2, dim=1)  # [d, 2, P, nc]
     w = _random_w(d, og)
     _, gemm_s = _wall(he_kernel.matmul_block, w, halves)
-    gemm_cpu = _LAST_CPU * (o / og) * (N / nc)
+    gemm_cpu = _LAST_CPU * (o / og) * (N / nc) + expand_cpu
     answers = torch.stack([torch.stack([torch.randint(0, p, (oc, N)) for p in PRIMES], dim=1)] * 2, dim=1)
     _, rerand_s = _wall(he_kernel.rerandomise, answers, keys.pk_seed, keys.pk_b)
     _, dec_s = _cpu(he_keys.decrypt, keys, answers[:, 0], answers[:, 1])
-    return {"encrypt_cpu_s": enc_s * d / de, "gemm_s": gemm_s * (o / og) * (N / nc),
+    return {"encrypt_cpu_s": enc_s * d / de, "gemm_s": gemm_s * (o / og) * (N / nc) + expand_s * d / de,
             "rerand_s": rerand_s * o / oc, "decrypt_cpu_s": dec_s * o / oc,
             "gemm_cpu_s": gemm_cpu, "rerand_cpu_s": _LAST_CPU * o / oc}
 
@@ -113,9 +119,7 @@ def measure(size: str = "tiny", threads: int | None = None) -> dict:
         cloud_s = parts["gemm_s"] + parts["rerand_s"]
         parts["cloud_cpu_s"] = parts["gemm_cpu_s"] + parts["rerand_cpu_s"]
         cvm_s = parts["encrypt_cpu_s"] + parts["decrypt_cpu_s"]
-        up = d * CT_BYTES + CT_BYTES + 2 * SEED_BYTES  # b halves, public key, seeds (one request per 585 cols)
-        requests = -(-o // he_kernel.max_answer_cols())
-        up *= requests
+        up = d * CT_BYTES + CT_BYTES + 2 * SEED_BYTES  # b halves, public key, seeds: once per batch
         down = o * 2 * CT_BYTES
         flops = 2.0 * o * d * 2 * len(PRIMES) * N * he_kernel._limb_layout(d)[1]
         ops[kind] = {

@@ -35,8 +35,10 @@ Shape legend: d inputs (ciphertexts uploaded), o outputs (answers), P primes, N 
 
 from __future__ import annotations
 
+import collections
 import math
 import os
+import re
 
 import torch
 
@@ -224,14 +226,30 @@ def _cols(spec: str, o: int) -> tuple[int, int]:
 RERAND_COLS = 8  # answers re-randomised per compute job
 
 
+KEPT_BATCHES = 2  # uploads kept for the next column ranges of the same batch (LRU); a miss is a 409
+_kept: collections.OrderedDict = collections.OrderedDict()  # (service id, op, batch) -> parsed request; compute thread only
+
+
 def parse_request(service, name: str, body: bytes):
     """Validate a request body -> (FixedPointOp, halves [d, 2, P, N], (k0, k1), pk_seed, pk_b).
+    With metadata `batch` the parsed ciphertexts are kept, and a later body with that batch and no
+    tensors asks for more columns of them (wide ops: the upload goes once, not once per range).
     Raises WireFormatError (400) or LinearCallError (its status) for the caller's mistakes."""
     fp = _op(service, name)
+    meta = decode_metadata(body)
     tensors = decode_tensors(body)
+    cols = _cols(meta.get("cols", ""), fp.w_bar.shape[1])
+    batch = meta.get("batch", "")
+    if batch and not re.fullmatch(r"[0-9a-f]{32}", batch):
+        raise WireFormatError("metadata batch must be 32 lowercase hex digits")
+    key = (id(service), name, batch)
+    if batch and not tensors:
+        if key not in _kept:
+            raise LinearCallError(f"batch {batch} is not (or no longer) kept for op {name}: send its ciphertexts again", 409)
+        _kept.move_to_end(key)
+        return (fp, *_kept[key][:1], cols, *_kept[key][1:])
     if set(tensors) != set(REQUEST_FIELDS):
         raise WireFormatError(f"expected tensors {sorted(REQUEST_FIELDS)}, got {sorted(tensors)}")
-    cols = _cols(decode_metadata(body).get("cols", ""), fp.w_bar.shape[1])
     b = _residues(tensors, "b", (fp.d, len(PRIMES), N))
     pk_b = _residues(tensors, "pk_b", (len(PRIMES), N))
     recorder = getattr(service, "recorder", None)
@@ -239,7 +257,12 @@ def parse_request(service, name: str, body: bytes):
         recorder._save(OpKey.parse(name), {k: tensors[k].contiguous() for k in REQUEST_FIELDS},
                        {"kind": "he", "cols": f"{cols[0]}:{cols[1]}"})
     a_hat = expand_uniform(_seed(tensors, "seed"), "a", fp.d, N)
-    return fp, torch.stack([a_hat, b], dim=1), cols, _seed(tensors, "pk_seed"), pk_b
+    halves, pk_seed = torch.stack([a_hat, b], dim=1), _seed(tensors, "pk_seed")
+    if batch:
+        _kept[key] = (halves, pk_seed, pk_b)
+        while len(_kept) > KEPT_BATCHES:
+            _kept.popitem(last=False)
+    return fp, halves, cols, pk_seed, pk_b
 
 
 async def serve(compute, service, name: str, body: bytes) -> bytes:

@@ -106,7 +106,9 @@ def expand_uniform(seed: bytes, label: str, count: int, n: int = N, primes: tupl
 # -- the wire layout of POST /v1/he/{op} ------------------------------------------------------------
 # request  safetensors  b [d, P, N] int32 (coefficient domain), seed uint8 [32] (the a_j, NTT domain,
 #                       label "a"), pk_seed uint8 [32] (a_pk, label "pk"), pk_b [P, N] int32 (NTT domain);
-#          metadata     cols "k0:k1" (optional: answer output columns k0 <= k < k1 only)
+#          metadata     cols "k0:k1" (optional: answer output columns k0 <= k < k1 only), batch (optional,
+#                       32 hex digits: the cloud keeps the ciphertexts; a body with this batch and no
+#                       tensors asks for more columns of them; 409 once they are no longer kept)
 # response safetensors  a [o, P, N] int32 (NTT domain), b [o, P, N] int32 (coefficient domain)
 # Residues are < 2^31 and travel as int32 (half the bytes of int64).
 REQUEST_FIELDS = ("b", "seed", "pk_seed", "pk_b")

@@ -102,6 +102,17 @@ def test_a_column_range_decrypts_to_exact_products(pad_cloud, keys, w_bars):
     assert torch.equal(m.t(), ring_matmul(r, w, limb_bits(64)))
     a_plain = expand_uniform(enc.seed, "a", 64, N)
     assert not torch.equal(answer["a"].long(), a_plain[:3])  # answers are re-randomised
+    # a kept batch: the upload goes once, later column ranges name it
+    batch = "0123456789abcdef" * 2
+    assert post(server, "lm_head", tensors, {"cols": "0:1", "batch": batch}).status_code == 200
+    resp = post(server, "lm_head", {}, {"cols": "1000:1024", "batch": batch})
+    assert resp.status_code == 200, resp.text
+    answer = decode_tensors(resp.content)
+    m, _ = he_keys.decrypt(keys, answer["a"].long(), answer["b"].long())
+    assert torch.equal(m.t(), ring_matmul(r, w_bars["lm_head"][:, 1000:1024], limb_bits(64)))
+    expect_error(post(server, "0.o", {}, {"cols": "0:1", "batch": batch}), 409, "send its ciphertexts again")
+    expect_error(post(server, "lm_head", {}, {"cols": "0:1", "batch": "f" * 32}), 409, "not (or no longer) kept")
+    expect_error(post(server, "lm_head", {}, {"cols": "0:1", "batch": "XYZ"}), 400, "hex")
 
 
 def test_he_source_over_http_is_exact(pad_cloud, keys, w_bars):

@@ -6,7 +6,7 @@ import torch
 
 from cloud_backend.he_kernel import he_answer
 from cloud_backend.ring_kernel import ring_matmul
-from talaria_proxy.errors import CloudUnavailable
+from talaria_proxy.errors import CloudRejected, CloudUnavailable
 from talaria_proxy.pads import he_keys
 from talaria_proxy.pads.he_source import HeSource, PadIntegrityError
 from talaria_proxy.pads.source import PadShape
@@ -25,11 +25,19 @@ class FakeHeCloud:
         self.w_bar = w_bar
         self.mode = "honest"
         self.calls = 0
+        self.kept = {}  # batch -> its upload (the real cloud keeps the parsed ciphertexts)
 
     def post_tensors(self, path, tensors, metadata=None, timeout=None):
         self.calls += 1
         if self.mode == "down":
             raise CloudUnavailable("cloud restarted")
+        batch = metadata.get("batch")
+        if batch and not tensors:
+            if batch not in self.kept:
+                raise CloudRejected(f"cloud backend rejected {path} (409): batch {batch} is not kept")
+            tensors = self.kept[batch]
+        elif batch:
+            self.kept[batch] = tensors
         k0, k1 = (int(v) for v in metadata["cols"].split(":"))
         w = self.w_bar.clone()
         if self.mode == "wrong_w":
@@ -137,3 +145,12 @@ def test_wide_ops_are_asked_for_in_column_ranges(keys, monkeypatch):
         seen.append(metadata["cols"]) or real_post(path, tensors, metadata, timeout))
     blk = source.produce(["op"])[0]
     assert seen == ["0:2", "2:3", "0:2", "2:3"] and exact(blk, cloud.w_bar)
+    up = source.stats["bytes_up"]
+    upload = (D + 1) * len(PRIMES) * N * 4  # the b halves and the public key
+    assert up < 2.01 * upload  # two batches, each uploaded once for both ranges
+    source.produce(["op"])  # the second bootstrap block, kept: no request
+    real_keep = cloud.kept
+    cloud.kept = type("Forgetful", (dict,), {"__setitem__": lambda self, k, v: None})()  # a cloud that keeps nothing
+    blk = source.produce(["op"])[0]  # the bank check batch: its second range gets a 409, then the upload again
+    assert exact(blk, cloud.w_bar) and source.stats["bytes_up"] - up > 1.99 * upload
+    cloud.kept = real_keep
