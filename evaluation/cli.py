@@ -45,9 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=4, help="greedy tokens generated per prompt (default 4)")
     p.add_argument("--inverter-seqs", type=int, help="attacker's random training sequences (default 400; quick 40)")
     p.add_argument("--inverter-epochs", type=int, help="inverter training epochs (default 12; quick 5)")
-    p.add_argument("--append", metavar="JSON",
-                   help="add the settings of this run to an earlier privacy.json of the same model, prompts and "
-                        "attacks (its settings are kept, settings it already has are not re-run)")
+    p.add_argument("--append", metavar="JSON[,JSON...]",
+                   help="add the settings of this run to earlier privacy.json files of the same model, prompts and "
+                        "attacks (their settings are kept, settings they already have are not re-run)")
     p.add_argument("--out", help="output directory (default results/privacy; --quick: a temporary directory)")
     p.add_argument("--workdir", help="where transcripts are recorded (default: a temporary directory)")
     p.add_argument("--keep-records", action="store_true", help="keep the recorded transcripts")
@@ -150,7 +150,7 @@ def _audit(args, attacks: tuple[str, ...], workdir: Path) -> dict:
         "uniformity": [],
     }
     if args.append:
-        settings = _append(report, Path(args.append), settings)
+        settings = _append(report, [Path(x) for x in args.append.split(",")], settings)
         if not settings:
             return report
     # A small checkpoint's next cloud loads while this setting runs; a large one waits (memory).
@@ -173,23 +173,27 @@ SAME_CONFIG = ("quick", "prompts_file", "num_prompts", "max_tokens", "attacks", 
                "inverter_len")
 
 
-def _append(report: dict, path: Path, settings: list) -> list:
-    """Start `report` from an earlier one (same model, prompts and attacks, else exit 2); returns the
-    settings still to run (those the earlier report lacks)."""
+def _append(report: dict, paths: list[Path], settings: list) -> list:
+    """Start `report` from earlier ones (same model, prompts and attacks, else exit 2; the first
+    report's setting wins where two have the same label); returns the settings still to run."""
     import json
 
-    prev = json.loads(path.read_text())
-    differ = [k for k in SAME_CONFIG if prev["config"].get(k) != report["config"].get(k)]
-    if prev["model"] != report["model"] or differ:
-        _say(f"--append {path}: another model or configuration ({', '.join(differ) or 'model'}); not appending")
-        raise SystemExit(2)
-    report["config"]["ranks"] = prev["config"]["ranks"]
-    report["settings"] = prev["settings"]
-    report["uniformity"] = prev.get("uniformity", [])
-    if "majority" in prev:
-        report["majority"] = prev["majority"]
-    report["previous_runtime_seconds"] = prev.get("runtime_seconds", 0.0)
-    have = {s["label"].split(":")[0] for s in prev["settings"]}
+    report["settings"], report["uniformity"], report["previous_runtime_seconds"] = [], [], 0.0
+    for path in paths:
+        prev = json.loads(path.read_text())
+        differ = [k for k in SAME_CONFIG if prev["config"].get(k) != report["config"].get(k)]
+        if prev["model"] != report["model"] or differ:
+            _say(f"--append {path}: another model or configuration ({', '.join(differ) or 'model'}); not appending")
+            raise SystemExit(2)
+        have = {s["label"] for s in report["settings"]}
+        report["settings"] += [s for s in prev["settings"] if s["label"] not in have]
+        have_u = {u["label"] for u in report["uniformity"]}
+        report["uniformity"] += [u for u in prev.get("uniformity", []) if u["label"] not in have_u]
+        if "majority" in prev:
+            report.setdefault("majority", prev["majority"])
+        report["config"]["ranks"] = sorted(set(report["config"]["ranks"]) | set(prev["config"]["ranks"]))
+        report["previous_runtime_seconds"] += prev.get("runtime_seconds", 0.0)
+    have = {s["label"].split(":")[0] for s in report["settings"]}
     return [s for s in settings if s.label not in have]
 
 

@@ -158,7 +158,7 @@ def collect(model_dir: Path, setting: Setting, prompts: list[str], workdir: Path
         if setting.scheme == "pad":
             dealer = None if clouds.dealer is None else CloudSession(clouds.dealer.url, timeout=120.0, role="pad dealer")
             options = {"dealer": dealer, "pad_source": setting.pad_source, "pad_pool_bytes": 16 << 20,
-                       "pad_timeout": 600.0}
+                       "pad_timeout": 3600.0}  # he bootstraps 2 batches per op first
         rt = build_runtime(session, setting.scheme, scheduler=SchedulerConfig(max_running=1, max_batch_tokens=4096),
                            **options)
         prompt_ids = [rt.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]

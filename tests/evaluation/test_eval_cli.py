@@ -25,11 +25,17 @@ def test_append_keeps_the_earlier_settings_and_runs_only_new_ones(tmp_path):
     report = _report()
     report.update(settings=[], uniformity=[], runtime_seconds=0.0)
     report["config"]["ranks"] = [16]
-    todo = _append(report, path, [Setting("none"), Setting("remo", 16), Setting("pad", pad_source="dealer"),
+    other = _report()
+    other["settings"] = [{"label": "none", "from": "other"}, {"label": "pad/he: cloud"}]
+    other["uniformity"] = [{"label": "pad/dealer", "from": "other"}, {"label": "pad/he"}]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    todo = _append(report, [path, tmp_path / "other.json"], [Setting("none"), Setting("remo", 16), Setting("pad", pad_source="dealer"),
                                   Setting("pad", pad_source="he")])
-    assert [s.label for s in todo] == ["pad/he"]
-    assert [s["label"] for s in report["settings"]] == ["none", "remo-m16", "pad/dealer: compute"]
-    assert report["uniformity"] == [{"label": "pad/dealer"}] and report["previous_runtime_seconds"] == 50.0
+    assert todo == []
+    assert [s["label"] for s in report["settings"]] == ["none", "remo-m16", "pad/dealer: compute", "pad/he: cloud"]
+    assert "from" not in report["settings"][0]  # the first report's setting wins
+    assert report["uniformity"] == [{"label": "pad/dealer"}, {"label": "pad/he"}]
+    assert report["previous_runtime_seconds"] == 100.0
     assert report["config"]["ranks"] == [16, 32]
 
 
@@ -37,4 +43,4 @@ def test_append_refuses_another_configuration(tmp_path):
     path = tmp_path / "privacy.json"
     path.write_text(json.dumps(_report(num_prompts=8)))
     with pytest.raises(SystemExit):
-        _append(_report(), path, [Setting("pad", pad_source="he")])
+        _append(_report(), [path], [Setting("pad", pad_source="he")])
