@@ -60,3 +60,27 @@ def test_uploads_are_read_from_the_record_once_per_batch(tmp_path):
     assert list(uploads) == ["0.qkv"] and len(uploads["0.qkv"]) == 2
     assert torch.equal(uploads["0.qkv"][1], (b + 2).long())
     assert [c.shape[0] for c in load_transcript(tmp_path).calls["0.qkv"]] == [2, 2, 2]
+
+
+def test_the_clouds_view_pairs_residues_with_useless_guesses():
+    from evaluation.attacks import nearest
+    from evaluation.transcript import Transcript
+    from talaria_proxy.schemes.pad import encode_rows
+    from talaria_wire import ArchSpec, Manifest, OpSpec
+
+    arch = ArchSpec(family="qwen2", hidden_size=8, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8,
+                    intermediate_size=16, vocab_size=32, rms_norm_eps=1e-6, max_position_embeddings=64)
+    manifest = Manifest(protocol="talaria/1", model_name="m", scheme="pad", fingerprint="f", wire_dtype="int64",
+                        arch=arch, ops=[OpSpec(name="0.qkv", d_in=8, d_out=24, bias=True, pad_dim=9)])
+    gen = torch.Generator().manual_seed(3)
+    table = torch.randn(32, 8, generator=gen)
+    ids = torch.randint(0, 32, (40,), generator=gen)
+    x_bar, _ = encode_rows(table[ids], 26, bias=True)  # [40, 9]
+    r = _pads(9, 4)  # [9, N]: the batch's pad values; slots 0..39 pad the rows in order
+    u = torch.remainder(x_bar - r[:, :40].T, T)
+    enc = he_keys.encrypt(he_keys.HeKeys.fresh(), r)
+    tr = Transcript(manifest, {}, {"0.qkv": [u[:30], u[30:]]})
+    view = H.cloud_view(tr, {"0.qkv": [enc.b]})
+    obs = view.observations("0.qkv")
+    assert view.scale_free and obs.shape == (40, 8) and [c.shape[0] for c in view.calls["0.qkv"]] == [30, 10]
+    assert (nearest(obs, table.double(), normalize=True) == ids).float().mean() < 0.3
