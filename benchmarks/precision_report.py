@@ -25,6 +25,11 @@ Notes.
   CVM adds (x B^T) R_pub in float32. Its error is that of float32 inference at every scale.
 - mixed/full: the same split, but the cloud adds c R_pub in float64 and answers x~ W + b in float64
   (the CVM subtracts M_pvt R_pub): the same error, twice the answer bytes.
+- pad: the ring product is exact, so the error is the two roundings to fixed point: x_bar to
+  ~2^-33 of each row's norm (outliers raise the norm, and with it the step, for the other
+  coordinates) and W_bar to 2^-23 of each column's largest entry, the folded bias included. A
+  column whose bias exceeds its largest weight gets its exponent from the bias, and its weights
+  keep fewer bits: where the pad error of an op kind exceeds float32's, look there first.
 """
 
 
