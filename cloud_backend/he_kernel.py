@@ -257,7 +257,7 @@ def parse_request(service, name: str, body: bytes):
         recorder._save(OpKey.parse(name), {k: tensors[k].contiguous() for k in REQUEST_FIELDS},
                        {"kind": "he", "cols": f"{cols[0]}:{cols[1]}"})
     a_hat = expand_uniform(_seed(tensors, "seed"), "a", fp.d, N)
-    halves, pk_seed = torch.stack([a_hat, b], dim=1), _seed(tensors, "pk_seed")
+    halves, pk_seed = torch.stack([a_hat, b], dim=1).to(fp.w_bar.device), _seed(tensors, "pk_seed")  # kept where W_bar is
     if batch:
         _kept[key] = (halves, pk_seed, pk_b)
         while len(_kept) > KEPT_BATCHES:
