@@ -1,7 +1,7 @@
 """Done-when 1 of the engine issue: the split engine over HTTP equals HF transformers.
 
-For every architecture and for the schemes `remo`, `none` and `pad` (two pad clouds: compute and
-dealer), 20 prompts x 64 greedy tokens
+For every architecture and for the schemes `remo`, `none`, `pad` with a dealer (two pad clouds:
+compute and dealer) and `pad` with the `he` source (one pad cloud), 20 prompts x 64 greedy tokens
 through proxy engine -> HTTP -> cloud subprocess must equal `generate(do_sample=False)` token
 for token, and the logits (teacher-forced on HF's tokens) must stay within 1e-3.
 """
@@ -75,10 +75,13 @@ def test_split_engine_matches_hf_generate(arch, tiny_model, cloud_factory):
     refs = None
     report = {}
     pad_clouds = [cloud_factory(model_dir, "--scheme", "pad") for _ in ("compute", "dealer")]
-    for scheme in ("remo", "none", "pad"):
+    for scheme in ("remo", "none", "pad", "pad/he"):
         if scheme == "pad":
             rt = build_runtime(CloudSession(pad_clouds[0].url), "pad", dealer=CloudSession(pad_clouds[1].url),
                                pad_pool_bytes=16 << 20)
+        elif scheme == "pad/he":  # one cloud: the pads come from RLWE ciphertexts it cannot read
+            rt = build_runtime(CloudSession(pad_clouds[0].url, timeout=600), "pad", pad_source="he",
+                               pad_timeout=600)
         else:
             rt = build_runtime(CloudSession(cloud.url), scheme)
         try:
