@@ -87,9 +87,15 @@ def run(args: argparse.Namespace) -> int:
         for session in sessions:
             session.close()
         return 1
-    if runtime.pads is not None:
-        log.info("pad scheme: source %s, pool of %d rows per op (%d MiB)", runtime.pads.source.name,
-                 runtime.pads.target_rows, settings.pad_pool_mb)
+    if runtime.pads is not None:  # warm the pool first, so that the first requests do not wait on the source
+        pads = runtime.pads
+        log.info("pad scheme: source %s; making %d pad rows per op ahead (%d MiB), up to %.0fs",
+                 pads.source.name, pads.target_rows, settings.pad_pool_mb, settings.cloud_wait)
+        if pads.wait_warm(settings.cloud_wait):
+            log.info("pad pool warm")
+        else:
+            log.warning("pad pool not warm after %.0fs (source error: %s); serving anyway, calls wait for pads "
+                        "up to pad_timeout", settings.cloud_wait, pads.source_error)
     if runtime.tokenizer is None:
         log.warning("the cloud published no tokenizer: text requests will be refused")
     import torch
