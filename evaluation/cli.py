@@ -186,7 +186,19 @@ def _append(report: dict, paths: list[Path], settings: list) -> list:
             _say(f"--append {path}: another model or configuration ({', '.join(differ) or 'model'}); not appending")
             raise SystemExit(2)
         have = {s["label"] for s in report["settings"]}
-        report["settings"] += [s for s in prev["settings"] if s["label"] not in have]
+        taken = [s for s in prev["settings"] if s["label"] not in have]
+        report["settings"] += taken
+        origins = {label: src for src in prev.get("sources", []) for label in src["labels"]}  # an appended one
+        own = {"file": str(path), "labels": [], "runtime_seconds": prev.get("runtime_seconds", 0.0)}
+        for src in prev.get("sources", []):
+            if src["file"] == "this run":
+                own["runtime_seconds"] = src["runtime_seconds"]
+        groups: dict[str, dict] = {}
+        for st in taken:
+            src = origins.get(st["label"])
+            src = own if src is None or src["file"] == "this run" else src
+            groups.setdefault(src["file"], {**src, "labels": []})["labels"].append(st["label"])
+        report.setdefault("sources", []).extend(groups.values())
         have_u = {u["label"] for u in report["uniformity"]}
         report["uniformity"] += [u for u in prev.get("uniformity", []) if u["label"] not in have_u]
         if "majority" in prev:
@@ -249,6 +261,14 @@ def _finish(report: dict, out: Path, t_start: float) -> int:
             report["sanity"]["collusion_best_layer0"] = best
             report["sanity"]["passed"] = report["sanity"]["passed"] and best >= NONE_FLOOR
     report["runtime_seconds"] = time.monotonic() - t_start + report.get("previous_runtime_seconds", 0.0)
+    if "sources" in report:  # an appended report: this run's own settings, and one order for all
+        earlier = {label for src in report["sources"] for label in src["labels"]}
+        mine = [s["label"] for s in report["settings"] if s["label"] not in earlier]
+        if mine:
+            report["sources"].append({"file": "this run", "labels": mine,
+                                      "runtime_seconds": time.monotonic() - t_start})
+        kind = {"none": 0, "remo": 1, "pad": 2}
+        report["settings"].sort(key=lambda s: (kind[s["scheme"]], s.get("rank") or 0, s.get("pad_source", "")))
     paths = R.write(report, out)
     print(R.markdown(report))
     _say(f"wrote {', '.join(str(p) for p in paths.values())} ({report['runtime_seconds']:.0f}s)")

@@ -130,6 +130,9 @@ def markdown(report: dict) -> str:
         lines.append(f"- **{s['label']}** (collect {s['collect_seconds']:.0f}s, attacks {s['attack_seconds']:.0f}s): "
                      + "; ".join(notes))
     lines += uniformity_markdown(report)
+    if report.get("sources"):
+        lines += ["", "## Runs", "", "This report joins audits of the same model, prompts and attacks (`--append`):"]
+        lines += [f"- `{src['file']}` ({src['runtime_seconds']:.0f}s): {', '.join(src['labels'])}" for src in report["sources"]]
     lines += ["", f"Total runtime {report['runtime_seconds']:.0f}s.", ""]
     return "\n".join(lines)
 

@@ -36,6 +36,23 @@ def test_append_keeps_the_earlier_settings_and_runs_only_new_ones(tmp_path):
     assert "from" not in report["settings"][0]  # the first report's setting wins
     assert report["uniformity"] == [{"label": "pad/dealer"}, {"label": "pad/he"}]
     assert report["previous_runtime_seconds"] == 100.0
+    assert [(src["file"], src["labels"]) for src in report["sources"]] == [
+        (str(path), ["none", "remo-m16", "pad/dealer: compute"]), (str(tmp_path / "other.json"), ["pad/he: cloud"])]
+
+
+def test_append_keeps_where_each_setting_was_measured(tmp_path):
+    first = _report()
+    first["settings"] = [{"label": "remo-m16"}]
+    (tmp_path / "first.json").write_text(json.dumps(first))
+    second = _report()
+    second["settings"] = [{"label": "remo-m16"}, {"label": "pad/he: cloud"}]
+    second["sources"] = [{"file": "first.json", "labels": ["remo-m16"], "runtime_seconds": 7.0},
+                         {"file": "this run", "labels": ["pad/he: cloud"], "runtime_seconds": 9.0}]
+    (tmp_path / "second.json").write_text(json.dumps(second))
+    report = _report()
+    _append(report, [tmp_path / "second.json"], [])
+    assert [(src["file"], src["labels"], src["runtime_seconds"]) for src in report["sources"]] == [
+        ("first.json", ["remo-m16"], 7.0), (str(tmp_path / "second.json"), ["pad/he: cloud"], 9.0)]
     assert report["config"]["ranks"] == [16, 32]
 
 
