@@ -13,6 +13,7 @@ nearest-neighbour attacks only read layer-0 qkv rows).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 
@@ -27,6 +28,17 @@ def _ops(report: dict) -> list[str]:
             ops.extend(op for op in per_op if op not in ops)
     order = {name: i for i, name in enumerate(report["model"]["op_order"])}
     return sorted(ops, key=lambda o: order.get(o, 1 << 30))
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): how often blind guessing scores k or more."""
+    if k <= 0:
+        return 1.0
+    log = math.log
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log(p) + (n - i) * math.log1p(-p)
+             for i in range(k, n + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
 def best_per_op(setting: dict, ops: list[str]) -> dict[str, tuple[str, float]]:
@@ -84,7 +96,12 @@ def markdown(report: dict) -> str:
         reach = ("100% of the tokens at every attacked op" if floor == 1.0 else
                  f"at least {100 * floor:.1f}% of the tokens at every attacked op (lowest: {worst_op})")
         if s.get("view") in ("compute", "dealer", "cloud"):  # a view that should be at chance: its highest op
-            reach = f"at most {100 * best[top_op][1]:.1f}% of the tokens at any attacked op (highest: {top_op})"
+            cells = [c for per_op in s["results"].values() for c in per_op.values()]
+            top = max(cells, key=lambda c: c["correct"])
+            tail = binomial_tail(top["correct"], top["rows"], 1 / m["candidates"])
+            reach = (f"at most {100 * best[top_op][1]:.1f}% of the tokens at any attacked op (highest: {top_op}; "
+                     f"{top['correct']} of {top['rows']} rows; a uniform guess does at least as well with "
+                     f"probability {tail:.2g} per cell, {min(1.0, tail * len(cells)):.2g} over its {len(cells)} cells)")
         who = f", {s['view_title']}" if "view_title" in s else ""
         lines.append(f"- **{s['label']}**{who}: the best attack recovers {reach}; best attacks: {', '.join(attacks)}.")
     if "majority" in report:
@@ -98,6 +115,7 @@ def markdown(report: dict) -> str:
                      + (f"; colluding pad clouds {100 * ok['collusion_best_layer0']:.1f}%"
                         if "collusion_best_layer0" in ok else "")
                      + f": {'passed' if ok['passed'] else 'FAILED'}.")
+    lines += summary_table(report, ops)
     lines += [
         "",
         "## Best attack per setting",
@@ -135,6 +153,31 @@ def markdown(report: dict) -> str:
         lines += [f"- `{src['file']}` ({src['runtime_seconds']:.0f}s): {', '.join(src['labels'])}" for src in report["sources"]]
     lines += ["", f"Total runtime {report['runtime_seconds']:.0f}s.", ""]
     return "\n".join(lines)
+
+
+HOLDS = {"compute": "compute cloud: residues u", "dealer": "dealer: seeds, hence pads r",
+         "both": "both clouds colluding: u and r", "cloud": "the one cloud: u and the pad ciphertexts"}
+
+
+def summary_table(report: dict, ops: list[str]) -> list[str]:
+    """One row per setting: layer-0 nearest neighbour, its projected variant, the best attack at
+    the worst and at the best op (for views at chance the best op is the figure that matters)."""
+    lines = ["", "## Summary table", "",
+             "| setting | what the attacker holds | layer-0 NN on what was received | NN after projecting out "
+             "span(M_pub) | best attack, worst op | best attack, best op |", "|---|---|---|---|---|---|"]
+    for s in report["settings"]:
+        best = best_per_op(s, ops)
+        if not best:
+            continue
+        res = s["results"]
+        nn = res.get("nn", {}).get("0.qkv")
+        proj = res.get("nn-proj", {}).get("0.qkv")
+        lo = min(best, key=lambda o: best[o][1])
+        hi = max(best, key=lambda o: best[o][1])
+        holds = HOLDS.get(s.get("view"), "the cloud: every received row")
+        lines.append(f"| {s['label']} | {holds} | {_pct(nn)}% | {'n/a (no public basis)' if proj is None else _pct(proj) + '%'} | "
+                     f"{100 * best[lo][1]:.1f}% (`{lo}`, {best[lo][0]}) | {100 * best[hi][1]:.1f}% (`{hi}`, {best[hi][0]}) |")
+    return lines
 
 
 def uniformity_markdown(report: dict) -> list[str]:

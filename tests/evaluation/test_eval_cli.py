@@ -61,3 +61,12 @@ def test_append_refuses_another_configuration(tmp_path):
     path.write_text(json.dumps(_report(num_prompts=8)))
     with pytest.raises(SystemExit):
         _append(_report(), [path], [Setting("pad", pad_source="he")])
+
+
+def test_binomial_tail_of_blind_guessing():
+    from evaluation.report import binomial_tail
+
+    assert binomial_tail(0, 10, 0.5) == 1.0
+    assert abs(binomial_tail(10, 10, 0.5) - 2.0**-10) < 1e-15
+    assert abs(binomial_tail(1, 5219, 1 / 1024) - (1 - (1 - 1 / 1024) ** 5219)) < 1e-12
+    assert binomial_tail(60, 5219, 1 / 1024) < 1e-20  # 60 hits of 5219 is far above chance
