@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 # Every ProxySettings field is a flag named after it (talaria_base.flags), except these.
 _RENAMED_FLAGS = {"cloud_url": "--cloud"}
@@ -89,13 +90,19 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if runtime.pads is not None:  # warm the pool first, so that the first requests do not wait on the source
         pads = runtime.pads
-        log.info("pad scheme: source %s; making %d pad rows per op ahead (%d MiB), up to %.0fs",
-                 pads.source.name, pads.target_rows, settings.pad_pool_mb, settings.cloud_wait)
-        if pads.wait_warm(settings.cloud_wait):
-            log.info("pad pool warm")
+        log.info("pad scheme: source %s; making %d pad rows per op ahead (%d MiB), waiting up to %.0fs",
+                 pads.source.name, pads.target_rows, settings.pad_pool_mb, settings.pad_warm_wait)
+        t0 = time.monotonic()
+        while not (warm := pads.wait_warm(min(15.0, max(0.0, settings.pad_warm_wait - (time.monotonic() - t0))))):
+            if time.monotonic() - t0 >= settings.pad_warm_wait:
+                break
+            log.info("pad pool: %d of %d ops ready (%.0fs)%s", pads.warm_ops(), len(pads.ops), time.monotonic() - t0,
+                     f"; source failing: {pads.source_error}" if pads.source_error else "")
+        if warm:
+            log.info("pad pool warm in %.0fs", time.monotonic() - t0)
         else:
             log.warning("pad pool not warm after %.0fs (source error: %s); serving anyway, calls wait for pads "
-                        "up to pad_timeout", settings.cloud_wait, pads.source_error)
+                        "up to pad_timeout", settings.pad_warm_wait, pads.source_error)
     if runtime.tokenizer is None:
         log.warning("the cloud published no tokenizer: text requests will be refused")
     import torch

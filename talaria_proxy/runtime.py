@@ -109,9 +109,10 @@ def build_pad_pool(manifest: Manifest, compute, pad_source: str, dealer, *, capa
     elif pad_source == "he":
         from talaria_proxy.pads.he_source import HeSource
 
-        # a batch packs N rows per op: keep fewer (same cloud work, less memory) when the budget asks for it
+        # a batch packs N rows per op; the pool holds up to two batches (one in reserve while the next is
+        # made), so keep fewer rows per batch (same cloud work, less memory) when the budget asks for it
         row_bytes = sum(8 * (s.d + s.o) for s in shapes.values())
-        source = HeSource(shapes, compute, rows=max(1, capacity_bytes // row_bytes))
+        source = HeSource(shapes, compute, rows=max(1, capacity_bytes // row_bytes // 2))
     else:
         raise ValueError(f"unknown pad source {pad_source!r}; expected dealer or he")
     return PadPool(source, [op.name for op in manifest.ops], capacity_bytes=capacity_bytes, timeout=timeout)

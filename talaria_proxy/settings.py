@@ -40,6 +40,9 @@ class ProxySettings(BaseSettings):
     pad_pool_mb: int = Field(256, ge=1, description="pad scheme: memory for pads made ahead, in MiB (all ops)")
     pad_timeout: float = Field(
         10.0, gt=0, description="pad scheme: seconds a call may wait for pads before its request fails (503)")
+    pad_warm_wait: float = Field(
+        600.0, ge=0, description="pad scheme: seconds to wait at start for a warm pad pool before serving (the he "
+                                 "source's first batches take minutes on a CPU cloud)")
     pad_block_rows: int = Field(32, ge=1, le=4096, description="pad source dealer: pad rows per op per dealer block")
     mask_scale: float = Field(10.0, gt=0, description="ReMO mask norm relative to each row's norm")
     api_keys: list[str] = Field(default_factory=list, description="accepted client keys (none given: no auth)")

@@ -1,7 +1,8 @@
 """The pad pool: pad pairs (r, r W_bar) per op, made ahead by a pad source, each handed out once.
 
 A background thread keeps every op's pool at `target_rows` rows (one target for all ops, from the
-memory budget: every decode step takes the same number of rows from each block op), asking the
+memory budget: every decode step takes the same number of rows from each block op; at least one
+source block), asking the
 source for one block per needy op at a time, the emptiest first and ops someone waits on before
 all others. `take(op, n)` hands out the oldest n rows and destroys them in the pool (zeroed, then
 dropped): a pad is never given out twice. With a warm pool an online call never waits on the
@@ -81,6 +82,9 @@ class PadPool:
         row_bytes = sum(8 * (source.shapes[op].d + source.shapes[op].o) for op in self.ops)  # one row of every op
         # rows beyond a long prefill are dealer work for nothing: at most MAX_TARGET_ROWS per op
         self.target_rows = max(1, min(MAX_TARGET_ROWS, capacity_bytes // row_bytes))
+        # a source whose blocks take long to make (he: N rows a batch) refills while a whole block is
+        # still in reserve: the pool then holds up to two blocks, which the caller sizes to the budget
+        self.target_rows = max(self.target_rows, max(source.block_rows(op) for op in self.ops))
         self.capacity_bytes = capacity_bytes
         self.stats = PadStats({op: 0 for op in self.ops}, {op: 0 for op in self.ops})
         self._pads = {op: _OpPads() for op in self.ops}
@@ -97,6 +101,11 @@ class PadPool:
     def available(self, op: str) -> int:
         with self._cond:
             return self._pads[op].rows
+
+    def warm_ops(self) -> int:
+        """Ops holding their target rows."""
+        with self._cond:
+            return sum(p.rows >= self.target_rows for p in self._pads.values())
 
     @property
     def source_error(self) -> Exception | None:
