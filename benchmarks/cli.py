@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, help="speed: timed repeats per point, median reported (default 3)")
     p.add_argument("--no-variants", action="store_true",
                    help="speed: skip the variant clouds (float32 wire, 2 cloud threads)")
+    p.add_argument("--no-cloud2", action="store_true",
+                   help="speed: skip the 2-thread ReMO cloud (the whole-machine comparison)")
     p.add_argument("--no-pad", action="store_true",
                    help="speed: skip the pad scheme (compute + dealer pad clouds); precision: skip its study")
     p.add_argument("--modes", help="precision: comma-separated GEMM modes (default: all; pad is separate, see --no-pad)")

@@ -123,7 +123,8 @@ def _profiles(path: Path, cfg: dict, prompts, log_dir: Path, main: dict, variant
     return out
 
 
-def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool, pad: bool = True) -> dict:
+def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool, pad: bool = True,
+                cloud2_wanted: bool = True) -> dict:
     import torch
 
     from benchmarks import micro, ring_micro, servers
@@ -143,24 +144,29 @@ def bench_model(size: str, cfg: dict, log_dir: Path, variants: bool, pad: bool =
     extra = []  # the cloud with all (2) cores and its proxy, for the whole-machine comparison
     try:
         proxy = servers.start_proxy(cloud.url, log_dir, main["transport"]).wait_ready()
-        cloud2 = servers.start_cloud(path, log_dir, main["compute_dtype"], threads=2)
-        extra.append(cloud2)  # stopped in `finally` even if it never gets ready
-        cloud2.wait_ready()
-        extra.append(servers.start_proxy(cloud2.url, log_dir, main["transport"]))
-        extra[1].wait_ready()
+        tals = {}
+        if cloud2_wanted:
+            cloud2 = servers.start_cloud(path, log_dir, main["compute_dtype"], threads=2)
+            extra.append(cloud2)  # stopped in `finally` even if it never gets ready
+            cloud2.wait_ready()
+            extra.append(servers.start_proxy(cloud2.url, log_dir, main["transport"]))
+            extra[1].wait_ready()
         hf = HFBaseline(path, prompts, n)
         tal = TalariaClient(proxy, cloud, prompts, n)
-        tal2 = TalariaClient(extra[1], cloud2, prompts, n)
-        _say(f"[{size}] warm-up, then {reps} interleaved rounds of HF (1, 2 threads) and Talaria (cloud 1 and 2 "
-             "threads; 1, 8 streams)")
+        tals[1] = tal
+        if cloud2_wanted:
+            tals[2] = TalariaClient(extra[1], cloud2, prompts, n)
+        _say(f"[{size}] warm-up, then {reps} interleaved rounds of HF (1, 2 threads) and Talaria (cloud "
+             f"{' and '.join(map(str, tals))} thread(s); 1, 8 streams)")
         hf.warm_up()
-        tal.warm_up()
-        tal2.warm_up()
-        res["hf"], res["talaria"] = _interleaved(hf, {1: tal, 2: tal2}, reps)
+        for t in tals.values():
+            t.warm_up()
+        res["hf"], res["talaria"] = _interleaved(hf, tals, reps)
         res["hf"]["tokens_prompt0"] = hf.tokens_prompt0
         tal.sample(1)  # texts of one stream, compared with HF's greedy text
         res["talaria"]["streams=1"]["matches_hf_text"] = tal.texts[0] == _decode(path, hf.tokens_prompt0)
-        tal2.close()
+        if 2 in tals:
+            tals[2].close()
         for srv in extra[::-1]:
             srv.stop()
         extra = []
@@ -228,12 +234,14 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="talaria-bench-"))  # server logs, kept for post-mortems
     started = time.time()
+    cfg["variants"], cfg["cloud2"] = not args.no_variants, not getattr(args, "no_cloud2", False)
     report = {"mode": "quick" if args.quick else "full", "config": cfg, "machine": machine(),
               "threads": {"cloud": 1, "proxy": 1, "bench_process_as_client_and_cvm": 1, "hf": [1, 2]},
               "load_avg_start": load_average(), "models": {}}
     for size in cfg["models"]:
         report["models"][size] = bench_model(size, {**cfg, "repeats": cfg["repeats"].get(size, 3)}, log_dir,
-                                             variants=not args.no_variants, pad=not getattr(args, "no_pad", False))
+                                             variants=not args.no_variants, pad=not getattr(args, "no_pad", False),
+                                             cloud2_wanted=not getattr(args, "no_cloud2", False))
         _say(f"[{size}] done after {time.time() - started:.0f}s")
     report["load_avg_end"] = load_average()
     report["elapsed_s"] = time.time() - started
