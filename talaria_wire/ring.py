@@ -77,9 +77,10 @@ def uniform_mod(seed: bytes, label: str, count: int, modulus: int, bits: int) ->
     if len(seed) != SEED_BYTES:
         raise ValueError(f"a pad seed has {SEED_BYTES} bytes, got {len(seed)}")
     mask = (1 << bits) - 1
+    width, dtype = (4, torch.int32) if bits <= 32 else (8, torch.int64)  # 31-bit words: half the XOF output
     want = count + 64 + count // 256  # the rejection rate is < 0.4% for every modulus used here
     while True:
-        words = torch.frombuffer(bytearray(_xof(seed, label, 8 * want)), dtype=torch.int64) & mask
+        words = torch.frombuffer(bytearray(_xof(seed, label, width * want)), dtype=dtype).to(torch.int64) & mask
         kept = words[words < modulus]
         if kept.numel() >= count:
             return kept[:count].clone()
