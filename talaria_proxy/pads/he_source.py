@@ -60,6 +60,7 @@ def _secret_permutation(n: int) -> torch.Tensor:
 
 class HeSource(PadSource):
     name = "he"
+    ops_per_produce = 1  # a batch takes seconds per op: hand each op's pads over as soon as they are made
 
     def __init__(self, shapes: dict[str, PadShape], cloud, rows: int | None = None, check_rows: int = 16,
                  timeout: float = 600.0, keys: he_keys.HeKeys | None = None):

@@ -74,11 +74,11 @@ class _OpPads:
 
 class PadPool:
     def __init__(self, source: PadSource, ops: list[str], *, capacity_bytes: int = 256 << 20,
-                 timeout: float = 10.0, ops_per_request: int = 8):
+                 timeout: float = 10.0, ops_per_request: int | None = None):
         self.source = source
         self.ops = list(ops)
         self.timeout = timeout
-        self.ops_per_request = ops_per_request
+        self.ops_per_request = ops_per_request or source.ops_per_produce
         row_bytes = sum(8 * (source.shapes[op].d + source.shapes[op].o) for op in self.ops)  # one row of every op
         # rows beyond a long prefill are dealer work for nothing: at most MAX_TARGET_ROWS per op
         self.target_rows = max(1, min(MAX_TARGET_ROWS, capacity_bytes // row_bytes))

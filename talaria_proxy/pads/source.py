@@ -49,6 +49,7 @@ class PadBlock:
 
 class PadSource(ABC):
     name: str = ""
+    ops_per_produce: int = 8  # ops the pool asks for per `produce` call (a slow source: 1, so ops fill one by one)
 
     def __init__(self, shapes: dict[str, PadShape]):
         self.shapes = shapes
