@@ -65,7 +65,7 @@ class Attacker:
         self.candidates = torch.arange(vocab)  # [C]
         self.table = self.model.normalized_embeddings()[self.candidates].double()  # rmsnorm(E): [C, d]
         self._train: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
-        self._clean_inverters: dict[tuple[str, bool], inv.Inverter] = {}  # per (op, unit rows): train once
+        self._clean_inverters: dict[tuple, inv.Inverter] = {}  # per (op, reading): trained once per audit
 
     # -- the attacker's own data -------------------------------------------------------------
     def training_rows(self, ops: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -133,12 +133,21 @@ class Attacker:
                 slots.append(("match", op, info))
             if "match-pca" in wanted:
                 est = A.estimate_mask_subspace(obs, rank(op))
+                info = {"pca_rank": est.basis.shape[0], "pca_gap": est.gap}
+                if est.basis.shape[0] == 0 and "match" in wanted and variants[-1].remove is None:
+                    slots.append(("match-pca", op, {**info, "same_as": len(variants) - 1}))  # the same matcher
+                    continue
                 variants.append(A.MatchVariant(op, obs, est.basis, norm))
-                slots.append(("match-pca", op, {"pca_rank": est.basis.shape[0], "pca_gap": est.gap}))
+                slots.append(("match-pca", op, info))
         if variants:
             preds = A.match_tokens(self.model, variants, segments, self.candidates, say)
-            for (attack, op, info), pred in zip(slots, preds):
-                results[attack][op] = {"pred": pred, **info}
+            k = 0
+            for attack, op, info in slots:
+                if "same_as" in info:  # PCA found no subspace: the full-space matcher's answer
+                    results[attack][op] = {"pred": preds[info.pop("same_as")], **info}
+                    continue
+                results[attack][op] = {"pred": preds[k], **info}
+                k += 1
             say(f"  matchers: {len(variants)} variants in {time.monotonic() - t0:.1f}s")
 
         if wanted & {"inv", "inv-aug", "inv-proj"}:
@@ -166,8 +175,10 @@ class Attacker:
                 def augment(x, gen, spec=spec):
                     return simulate_pad(x, spec.w_norm_bits, spec.bias, gen)
 
-                model = self._inverter(op, x_train, labels, augment)
-                results["inv-aug"][op] = {"pred": self.candidates[model.predict(obs)]}
+                key = (op, "pad-aug")  # the same training (seeded) for every pad view: train once
+                if key not in self._clean_inverters:
+                    self._clean_inverters[key] = self._inverter(op, x_train, labels, augment)
+                results["inv-aug"][op] = {"pred": self.candidates[self._clean_inverters[key].predict(obs)]}
             elif "inv-aug" in wanted:
                 scale = inv.estimate_mask_scale(obs, basis)
 

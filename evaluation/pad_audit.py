@@ -10,6 +10,7 @@ CVM-side x_bar log. The attackers never see truth.json or xbar.safetensors; scor
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -57,6 +58,17 @@ def audit_pad(attacker, setting, workdir: Path, truth: dict, collect_seconds: fl
         views["cloud"] = he_views.cloud_view(tr, uploads)
         extra["ciphertexts"] = he_views.ciphertext_tests(uploads)
         del uploads
+    t0 = time.monotonic()
+    ops = [op for op in (attacker.cfg.ops or tr.block_ops)]
+    per_op = {op: U.residue_tests(tr.observations(op), xbar.get(op)) for op in ops}
+    uniform = {"label": setting.label, "summary": U.summarize(per_op), "per_op": U.strip(per_op), **extra}
+    s = uniform["summary"]
+    say(f"[{setting.label}] uniformity ({time.monotonic() - t0:.0f}s): chi-square p<0.01 in "
+        f"{100 * s['chi2']['frac_p_below_0.01']:.1f}% of {s['chi2']['coords']} coordinates, KS p {s['chi2']['ks_p']:.2f}; "
+        f"max |corr(u, x_bar)| {s.get('corr_lifted_max_abs', float('nan')):.3f}")
+    if "ciphertexts" in extra:
+        say(f"[{setting.label}] {extra['ciphertexts']['note']}")
+    (workdir / "uniformity.json").write_text(json.dumps(uniform, indent=1))  # before the long attacks
     entries = []
     for view, vtr in views.items():
         t0 = time.monotonic()
@@ -68,12 +80,4 @@ def audit_pad(attacker, setting, workdir: Path, truth: dict, collect_seconds: fl
     entries[0]["collect_seconds"] = collect_seconds
     for e in entries[1:]:
         e["collect_seconds"] = 0.0
-    t0 = time.monotonic()
-    ops = [op for op in (attacker.cfg.ops or tr.block_ops)]
-    per_op = {op: U.residue_tests(tr.observations(op), xbar.get(op)) for op in ops}
-    uniform = {"label": setting.label, "summary": U.summarize(per_op), "per_op": U.strip(per_op), **extra}
-    s = uniform["summary"]
-    say(f"[{setting.label}] uniformity ({time.monotonic() - t0:.0f}s): chi-square p<0.01 in "
-        f"{100 * s['chi2']['frac_p_below_0.01']:.1f}% of {s['chi2']['coords']} coordinates, KS p {s['chi2']['ks_p']:.2f}; "
-        f"max |corr(u, x_bar)| {s.get('corr_lifted_max_abs', float('nan')):.3f}")
     return entries, uniform
