@@ -16,6 +16,8 @@ import json
 import math
 from pathlib import Path
 
+from evaluation.uniformity import expected_max_abs
+
 
 def _pct(cell: dict | None) -> str:
     return "-" if cell is None else f"{100 * cell['accuracy']:.1f}"
@@ -189,10 +191,10 @@ def uniformity_markdown(report: dict) -> list[str]:
              "~1%, Kolmogorov-Smirnov p not small). Control: the same test on x_bar mod t (the rows unpadded) "
              "must reject. Correlation: Pearson's r per coordinate between u (lifted to signed integers, or as "
              "residues) and the true x_bar of the audit's CVM-side log; under independence mean |r| ~ "
-             "sqrt(2/(pi n)).", "",
+             "sqrt(2/(pi n)) and the largest of k coordinates ~ sqrt(2 ln(2k)/n).", "",
              "| setting | op | rows | coords | chi2 p<0.01 | KS p of p-values | min p | control p<0.01 | "
-             "max abs r (lifted) | max abs r (residue) | mean abs r | expected mean abs r |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "max abs r (lifted) | max abs r (residue) | expected max abs r | mean abs r | expected mean abs r |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for u in report["uniformity"]:
         rows = [("all ops", {**u["summary"], "coords": u["summary"]["chi2"]["coords"]})]
         rows += [(op, t) for op, t in u["per_op"].items()]
@@ -208,10 +210,11 @@ def uniformity_markdown(report: dict) -> list[str]:
                 rmax = t["corr_residue"]["max_abs"] if "corr_residue" in t else None
                 mean = t["corr_lifted"]["mean_abs"] if "corr_lifted" in t else None
                 exp = t.get("corr_expected_mean_abs")
+            exp_max = None if lmax is None else expected_max_abs(c["coords"], t["rows"])
             f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
             lines.append(f"| {u['label']} | {op} | {t['rows']} | {c['coords']} | {100 * c['frac_p_below_0.01']:.1f}% | "
                          f"{c['ks_p']:.2f} | {c['min_p']:.2g} | {f(None if ctrl is None else 100 * ctrl, '.1f')}% | "
-                         f"{f(lmax, '.4f')} | {f(rmax, '.4f')} | {f(mean, '.4f')} | {f(exp, '.4f')} |")
+                         f"{f(lmax, '.4f')} | {f(rmax, '.4f')} | {f(exp_max, '.4f')} | {f(mean, '.4f')} | {f(exp, '.4f')} |")
         notes = []
         if "collusion_exact" in u:
             notes.append(f"colluding clouds' lift(u + r) equals the CVM's x_bar exactly: {u['collusion_exact']}")

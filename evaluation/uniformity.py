@@ -12,7 +12,8 @@ used once). Attacks failing is one kind of evidence; these tests look for any de
               or the test has no power on this data.
   correlation per coordinate, Pearson's r between the received residues (lifted to signed integers,
               and as plain residues) and the true x_bar from the audit's CVM-side log; under
-              independence |r| ~ N(0, 1/n), so mean |r| ~ sqrt(2 / (pi n)).
+              independence |r| ~ N(0, 1/n), so mean |r| ~ sqrt(2 / (pi n)) and the largest of k
+              coordinates ~ sqrt(2 ln(2k) / n).
 The same chi-square reads RLWE ciphertext halves per RNS prime (`he` pads): modulus = that prime.
 
 Shape legend: n rows (samples), k coordinates (columns), B bins.
@@ -91,7 +92,13 @@ def residue_tests(u: torch.Tensor, x_bar: torch.Tensor | None, bins: int = 16) -
         out["corr_lifted"] = {"max_abs": float(lifted.max()), "mean_abs": float(lifted.mean())}
         out["corr_residue"] = {"max_abs": float(raw.max()), "mean_abs": float(raw.mean())}
         out["corr_expected_mean_abs"] = math.sqrt(2 / (math.pi * u.shape[0]))
+        out["corr_expected_max_abs"] = expected_max_abs(int(live.sum()), u.shape[0])
     return out
+
+
+def expected_max_abs(k: int, n: int) -> float:
+    """Typical largest |r| of k independent columns of n rows: sqrt(2 ln(2k) / n) (Gaussian tail)."""
+    return math.sqrt(2 * math.log(2 * max(1, k)) / n)
 
 
 def summarize(per_op: dict[str, dict]) -> dict:
@@ -105,6 +112,8 @@ def summarize(per_op: dict[str, dict]) -> dict:
         out["corr_residue_max_abs"] = max(t["corr_residue"]["max_abs"] for t in with_truth)
         out["corr_lifted_mean_abs"] = sum(t["corr_lifted"]["mean_abs"] for t in with_truth) / len(with_truth)
         out["corr_expected_mean_abs"] = min(t["corr_expected_mean_abs"] for t in with_truth)
+        coords = sum(t["p_values"].numel() for t in with_truth)
+        out["corr_expected_max_abs"] = expected_max_abs(coords, out["rows"])
         ctrl = torch.tensor([t["control_chi2"]["frac_p_below_0.01"] for t in with_truth])
         out["control_frac_p_below_0.01"] = float(ctrl.mean())
     return out
