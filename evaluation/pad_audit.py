@@ -77,6 +77,8 @@ def audit_pad(attacker, setting, workdir: Path, truth: dict, collect_seconds: fl
         entries.append(_entry(setting, view, rows, scored, time.monotonic() - t0))
         best = max((c["accuracy"], f"{a} {op}") for a, p in scored.items() for op, c in p.items())
         say(f"[{setting.label} {view}] best {100 * best[0]:.1f}% ({best[1]}) in {time.monotonic() - t0:.0f}s")
+        # each finished view on disk too: a long audit that is stopped keeps what it measured
+        (workdir / "views.json").write_text(json.dumps({"entries": entries, "collect_seconds": collect_seconds}))
     entries[0]["collect_seconds"] = collect_seconds
     for e in entries[1:]:
         e["collect_seconds"] = 0.0
