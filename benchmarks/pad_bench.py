@@ -6,7 +6,7 @@ clouds of the 0.5B-shaped model hold ~5 GB each):
      --pad-source dealer` (cloud, dealer and proxy 1 thread each) through the OpenAI endpoint,
      1 and 8 streams, each Talaria sample with a warm pool: it starts once the dealer has been
      idle for a while, i.e. the proxy's refill thread has every op at its target;
-  2. a cold sample of each: started right after an 8-stream run, the pool not refilled;
+  2. a cold sample of each: a fresh proxy, its pool empty, the run started as soon as it answers;
   3. the dealer's pad production: POST /v1/pads blocks of each op kind against the dealer alone
      (rows/s per op kind; complete pad sets/s = one row of every op of the model);
   4. the in-process step profile (`benchmarks.breakdown`, scheme pad, the pool warmed with
@@ -150,18 +150,29 @@ def pad_phase(path, cfg: dict, prompts, log_dir, hf, transport: str, size: str =
                 _say(f"  pad round {r + 1}/{reps}: HF b1 {hf_samples[1][-1][1]:.2f}s, b8 {hf_samples[8][-1][1]:.2f}s; "
                      f"pad 1 / 8 streams {warm[1][-1]['total_s']:.2f}s / {warm[8][-1]['total_s']:.2f}s "
                      f"(pool refill waited {waited[-2]:.0f}s, {waited[-1]:.0f}s)")
-            cold8 = tal.sample(8)  # right after the last warm 8-stream run: the pool is drained
-            cold1 = tal.sample(1)
             tal.sample(1)
             res["matches_hf_text"] = tal.texts[0] == hf_text(path, hf)
         finally:
             tal.close()
         proxy.stop()
         proxy = None
+        cold = {}
+        for b in (8, 1):  # a fresh proxy each: its pool starts empty and fills while this run goes on
+            proxy = servers.start_proxy(compute.url, log_dir, transport, dealer_url=dealer.url, pad_pool_mb=POOL_MB)
+            proxy.wait_ready()
+            fresh = TalariaClient(proxy, compute, prompts, n)
+            try:
+                cold[f"streams={b}"] = fresh.sample(b)
+            finally:
+                fresh.close()
+                proxy.stop()
+                proxy = None
+            wait_idle(dealer)
         res["hf"] = {f"threads=1,batch={b}": {**median_of_runs([hf_metrics(f, t, b, hf.new_tokens) for f, t in s]),
                                               "threads": 1, "batch": b} for b, s in hf_samples.items()}
         res["talaria"] = {f"streams={b}": {**median_of_runs(v), "streams": b, "repeats": reps} for b, v in warm.items()}
-        res["cold"] = {"streams=1": cold1, "streams=8": cold8}
+        res["cold"] = cold
+        res["cold_note"] = "a fresh proxy, its pool empty, the run started as soon as it answered (its first requests)"
         res["refill_wait_s"] = waited
         _say("  dealer throughput (the dealer alone)")
         res["dealer"] = dealer_throughput(dealer.url, block_rows)

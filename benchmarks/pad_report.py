@@ -5,6 +5,7 @@ from __future__ import annotations
 from benchmarks.common import fmt, markdown_table, ratio
 from benchmarks.pad_bench import PAD_SINGLE_TARGET, summary
 
+COLD_NOTE = "a fresh proxy, its pool empty, the run started as soon as it answered (its first requests)"
 PAD_COMPONENTS = ("cloud_gemm_ms", "transport_ms", "masking_ms", "pad_wait_ms", "attention_ms", "sampling_ms",
                   "other_cvm_ms")
 
@@ -36,7 +37,7 @@ def pad_lines(m: dict) -> list[str]:
              f"thread each; pool {pad['pool_mb']} MiB, dealer blocks of {pad['block_rows']} rows)", "",
              "Rounds that alternate HF (1 thread) with Talaria `--scheme pad --pad-source dealer`, measured after "
              "the ReMO rows with their clouds stopped. Warm: each sample starts once the dealer has been idle "
-             "(the proxy's pool is at its target); cold: right after an 8-stream run, the pool not refilled. "
+             f"(the proxy's pool is at its target); cold: {pad.get('cold_note', COLD_NOTE)}. "
              "KiB/token: payloads between proxy and compute cloud per generated token (u and v, int64; proxy "
              "/metrics), prompt rows included.", "",
              markdown_table(["configuration", "ms/token", "TTFT ms", "tokens/s", "KiB/token to cloud",
