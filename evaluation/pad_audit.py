@@ -55,7 +55,7 @@ def audit_pad(attacker, setting, workdir: Path, truth: dict, collect_seconds: fl
         from evaluation import he_views
 
         uploads = he_views.load_uploads(workdir / "record")
-        views["cloud"] = he_views.cloud_view(tr, uploads)
+        views = {"cloud": he_views.cloud_view(tr, uploads), **views}  # the full transcript's view first
         extra["ciphertexts"] = he_views.ciphertext_tests(uploads)
         del uploads
     t0 = time.monotonic()
