@@ -109,7 +109,7 @@ def pad_errors(service, sides: dict) -> dict:
                 prod = lift(torch.remainder(v + rw, T))  # x_bar W_bar, exactly (the CVM's finish)
                 y64 = torch.ldexp(prod.double(), -(f[:, None] + g[None, :]).double())
                 y32 = y64.float()  # = decode_rows: what the model gets
-                x_bar, _ = encode_rows(x, specs[op].w_norm_bits, specs[op].bias)
+                x_bar, _ = encode_rows(x, specs[op].w_norm_bits, specs[op].bias, specs[op].bias_bits)
                 exact = exact and _spot_check(x_bar, service.kernel.ops[op].w_bar, prod)
                 res[name] = {"pad": {"rel": rel_error(y64, ref), "row_max": row_errors(y64, ref)},
                              "pad_float32_out": {"rel": rel_error(y32, ref), "row_max": row_errors(y32, ref)},

@@ -58,7 +58,7 @@ class PadKernel(Kernel):
 
     def op_fields(self, name):
         fp = self.ops[name]
-        return {"w_norm_bits": fp.w_norm_bits, "pad_dim": fp.d}
+        return {"w_norm_bits": fp.w_norm_bits, "pad_dim": fp.d, "bias_bits": fp.bias_bits}
 
     def fingerprint_source(self):
         return f"pad:{self._digest}:{PRIMES}"  # no seeds or settings: compute cloud and dealer agree

@@ -47,6 +47,7 @@ class OpSpec(BaseModel):
     rank: int | None = None  # remo: rank m of this op's public basis (0 < m < d_in)
     w_norm_bits: int | None = None  # pad: ceil(log2 max_j ||W_bar_j||), the bound x_bar is scaled against
     pad_dim: int | None = None  # pad: columns of x_bar and of the pads (d_in, plus 1 for a folded bias)
+    bias_bits: int = 0  # pad: the CVM's constant bias coordinate is 2^bias_bits (the bias row holds b / 2^k)
 
 
 class MaskingSpec(BaseModel):

@@ -2,9 +2,9 @@
 
 Per linear call y = x W + b, x [N, d_in] (shared/design/pads.md):
 
-    CVM:    x_bar_i = round(x_i 2^f_i), plus the constant coordinate 2^f_i when b is folded in
+    CVM:    x_bar_i = round(x_i 2^f_i), plus the constant coordinate 2^(f_i + k) when b is folded in
     CVM:    u = x_bar - r  (mod t)            r: a fresh uniform pad row from the pool, used once
-    cloud:  v = u W_bar    (mod t)            W_bar = round([W; b] 2^g_j), g_j public
+    cloud:  v = u W_bar    (mod t)            W_bar = round([W; b / 2^k] 2^g_j), g_j and k public
     CVM:    x_bar W_bar = lift(v + r W_bar mod t),   y_ij = x_bar_i W_bar_j 2^(-f_i - g_j)
 
 Exactness: f_i is the largest exponent with ||x_bar_i|| <= 2^(60 - w_norm_bits), where the
@@ -37,13 +37,14 @@ from talaria_wire.ring import HALF_T, T, lift
 PRODUCT_BITS = math.floor(math.log2(HALF_T))  # 60: every |x_bar . w_bar| stays <= 2^60 < t/2
 
 
-def encode_rows(x: torch.Tensor, w_norm_bits: int, bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [N, d_in] float -> (x_bar [N, d] int64 signed, f [N] int64) with ||x_bar_i|| <= 2^(60 - w_norm_bits)."""
+def encode_rows(x: torch.Tensor, w_norm_bits: int, bias: bool, bias_bits: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [N, d_in] float -> (x_bar [N, d] int64 signed, f [N] int64) with ||x_bar_i|| <= 2^(60 - w_norm_bits);
+    with a folded bias the last coordinate is 2^bias_bits (the cloud's bias row holds b / 2^bias_bits)."""
     x = x.to(torch.float64)
     if not torch.isfinite(x).all():
         raise ValueError("the pad scheme cannot encode NaN or Inf activations")
     if bias:
-        x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=torch.float64)], dim=1)  # the folded bias coordinate
+        x = torch.cat([x, torch.full((x.shape[0], 1), 2.0**bias_bits, dtype=torch.float64)], dim=1)  # the bias coordinate
     budget = PRODUCT_BITS - w_norm_bits  # log2 of the largest allowed ||x_bar_i||
     # ||round(x 2^f)|| <= 2^f ||x|| + sqrt(d)/2: keep 2^f ||x|| <= 2^(budget-1) and the rounding below 2^(budget-1)
     if math.sqrt(x.shape[1]) / 2 > 2.0 ** (budget - 1):
@@ -80,7 +81,7 @@ class PadScheme(MaskScheme):
 
     def mask(self, op, x):
         spec = self._ops[op]
-        x_bar, f = encode_rows(x, spec.w_norm_bits, spec.bias)  # [N, d]
+        x_bar, f = encode_rows(x, spec.w_norm_bits, spec.bias, spec.bias_bits)  # [N, d]
         r, rw = self.pool.take(op, x.shape[0])  # [N, d], [N, o]: handed out once, then dropped by the pool
         u = torch.remainder(x_bar - r, T)  # |x_bar| < 2^33, r < t: no int64 overflow
         del r, x_bar

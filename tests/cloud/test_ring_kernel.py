@@ -67,7 +67,7 @@ def test_fixed_point_weights_keep_their_bounds_and_fold_the_bias():
     assert fp.d == 41 and fp.bias
     assert fp.w_bar.abs().max() <= 2**W_BITS
     assert torch.equal(fp.w_bar, fp.w_bar.round())
-    scaled = torch.ldexp(torch.cat([w, b[None]]), fp.col_exp.double())
+    scaled = torch.ldexp(torch.cat([w, torch.ldexp(b, torch.tensor(-float(fp.bias_bits)))[None]]), fp.col_exp.double())
     assert (fp.w_bar - scaled).abs().max() <= 0.5
     for j in (0, 1, 2, 3, 5):  # every nonzero column uses more than W_BITS - 1 bits of its range
         assert fp.w_bar[:, j].abs().max() > 2 ** (W_BITS - 1)
@@ -89,3 +89,19 @@ def test_seeded_pad_rows_are_reproducible_uniform_and_distinct():
     with pytest.raises(ValueError, match="32 bytes"):
         pad_rows(b"short", "0.qkv", 1, 1)
     assert math.isclose(float(big.double().mean()) / T, 0.5, abs_tol=0.01)
+
+
+def test_a_bias_larger_than_its_weights_is_scaled_down_not_let_set_the_exponent():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(64, 4, generator=g, dtype=torch.float64) * 0.01
+    b = torch.tensor([5.0, -0.001, 0.1, 0.0], dtype=torch.float64)  # 5.0: ~170x its column's largest weight; 0.1: ~4x
+    fp = fixed_point_op(w, b)
+    assert fp.bias_bits == 3  # capped at ceil(log2 sqrt(64)) = 3: the bias row's rounding stays below the weights'
+    weight_max = fp.w_bar[:-1].abs().amax(dim=0)
+    assert (weight_max[1:3] > 2 ** (W_BITS - 1)).all()  # their exponents come from the weights, not the bias
+    unscaled = w[:, 0].abs().max() * 2.0 ** math.floor(W_BITS - math.log2(5.0))  # column 0 at k = 0
+    assert weight_max[0] >= 7.9 * unscaled  # beyond the cap the bias still leads, but 2^k less
+    x = torch.randn(3, 64, generator=g, dtype=torch.float64)
+    x_aug = torch.cat([x, torch.full((3, 1), 2.0**fp.bias_bits, dtype=torch.float64)], dim=1)
+    y = torch.ldexp(x_aug @ fp.w_bar, -fp.col_exp.double())
+    torch.testing.assert_close(y, x @ w + b, rtol=0, atol=1e-5)
