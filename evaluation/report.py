@@ -250,7 +250,11 @@ def plot(report: dict, path: Path) -> None:
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("tokens recovered (%)")
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    legend: dict = {}  # every attack once, whichever panel drew it
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    axes[0][-1].legend(legend.values(), legend.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(f"Token recovery from the cloud's transcript ({report['model']['name']})", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=130, bbox_inches="tight")
