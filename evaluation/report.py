@@ -213,7 +213,7 @@ def uniformity_markdown(report: dict) -> list[str]:
             exp_max = None if lmax is None else expected_max_abs(c["coords"], t["rows"])
             f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
             lines.append(f"| {u['label']} | {op} | {t['rows']} | {c['coords']} | {100 * c['frac_p_below_0.01']:.1f}% | "
-                         f"{c['ks_p']:.2f} | {c['min_p']:.2g} | {f(None if ctrl is None else 100 * ctrl, '.1f')}% | "
+                         f"{c['ks_p']:.2f} | {c['min_p']:.2g} | {'-' if ctrl is None else format(100 * ctrl, '.1f') + '%'} | "
                          f"{f(lmax, '.4f')} | {f(rmax, '.4f')} | {f(exp_max, '.4f')} | {f(mean, '.4f')} | {f(exp, '.4f')} |")
         notes = []
         if "collusion_exact" in u:
