@@ -173,7 +173,7 @@ class Attacker:
                 spec = tr.manifest.op(op)
 
                 def augment(x, gen, spec=spec):
-                    return simulate_pad(x, spec.w_norm_bits, spec.bias, gen)
+                    return simulate_pad(x, spec.w_norm_bits, spec.bias, gen, spec.bias_bits)
 
                 key = (op, "pad-aug")  # the same training (seeded) for every pad view: train once
                 if key not in self._clean_inverters:

@@ -127,7 +127,7 @@ def _log_xbar(rt, ops: set[str], sink: dict[str, list]) -> None:
 
     def logged_mask(op, x):
         if op in ops:  # encode_rows is deterministic: the same x_bar the scheme sends padded
-            sink.setdefault(op, []).append(encode_rows(x, specs[op].w_norm_bits, specs[op].bias)[0])
+            sink.setdefault(op, []).append(encode_rows(x, specs[op].w_norm_bits, specs[op].bias, specs[op].bias_bits)[0])
         return mask(op, x)
 
     scheme.mask = logged_mask

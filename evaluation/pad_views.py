@@ -99,11 +99,11 @@ def merged_view(tr: Transcript, pads: dict[str, torch.Tensor]) -> Transcript:
     return _view(tr, calls, None)
 
 
-def simulate_pad(x: torch.Tensor, w_norm_bits: int, bias: bool, gen: torch.Generator) -> torch.Tensor:
+def simulate_pad(x: torch.Tensor, w_norm_bits: int, bias: bool, gen: torch.Generator, bias_bits: int = 0) -> torch.Tensor:
     """What the compute cloud would read for clean op inputs x [n, d]: encode as the CVM does, pad
     with fresh uniform r, read as `read_rows` does. (The inv-aug attacker's training data.)"""
     from talaria_proxy.schemes.pad import encode_rows
 
-    x_bar, _ = encode_rows(x.double(), w_norm_bits, bias)
+    x_bar, _ = encode_rows(x.double(), w_norm_bits, bias, bias_bits)
     r = torch.randint(0, T, x_bar.shape, generator=gen, dtype=torch.int64)
     return read_rows(torch.remainder(x_bar - r, T), x.shape[1])
