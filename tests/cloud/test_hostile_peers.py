@@ -243,7 +243,7 @@ def test_fuzzed_calls_get_4xx_on_every_transport_and_the_cloud_keeps_serving(clo
                 while True:
                     kind_back, status, _ = recv_frame(sock)
                     assert kind_back in (ERROR, HELLO, REPLY) and (kind_back != ERROR or 400 <= status < 500)
-            except (PeerClosed, ConnectionError):
+            except (PeerClosed, OSError):  # the cloud may have closed first: ENOTCONN on shutdown, a reset
                 pass
     with cloud.frames() as sock:
         send_frame(sock, CALL, 0, tensor=cloud.x())
