@@ -6,28 +6,11 @@ import asyncio
 
 import torch
 
+from batch_runs import LENGTHS, prompts, run_all
 from talaria_proxy.runtime import build_runtime
 from talaria_proxy.sampling import SamplingParams
 from talaria_proxy.scheduler import SchedulerConfig
 
-LENGTHS = [1, 3, 7, 12, 20, 33, 50, 75]  # 8 sequences of different prompt lengths
-
-
-def prompts(vocab):
-    g = torch.Generator().manual_seed(7)
-    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in LENGTHS]
-
-
-async def run_all(rt, ps, max_tokens=24):
-    await rt.engine.start()
-    try:
-        async def one(p):
-            params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
-            return [ev.token.token_id async for ev in rt.engine.generate(p, params)]
-
-        return await asyncio.gather(*[one(p) for p in ps])
-    finally:
-        await rt.engine.stop()
 
 
 def test_eight_concurrent_sequences_equal_solo_runs(spy_backend):

@@ -11,30 +11,14 @@ import torch
 from cloud_backend.checkpoint import load_prepared_model
 from cloud_backend.ring_kernel import ring_matmul
 from cloud_backend.service import MaskedLinearService
+from batch_runs import prompts, run_all
+
 from talaria_proxy.runtime import build_runtime
 from talaria_proxy.sampling import SamplingParams
 from talaria_proxy.schemes.pad import PRODUCT_BITS, decode_rows, encode_rows
 from talaria_proxy.transports.in_process import InProcessCloud
 from talaria_wire.ring import HALF_T, T, W_BITS, lift, limb_bits
 
-LENGTHS = [1, 3, 7, 12, 20, 33, 50, 75]  # 8 sequences of different prompt lengths
-
-
-def prompts(vocab):
-    g = torch.Generator().manual_seed(7)
-    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in LENGTHS]
-
-
-async def run_all(rt, ps, max_tokens=24):
-    await rt.engine.start()
-    try:
-        async def one(p):
-            params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
-            return [ev.token.token_id async for ev in rt.engine.generate(p, params)]
-
-        return await asyncio.gather(*[one(p) for p in ps])
-    finally:
-        await rt.engine.stop()
 
 
 def test_a_row_at_the_bound_multiplies_exactly_and_one_past_it_would_wrap():
