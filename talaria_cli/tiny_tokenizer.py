@@ -7,6 +7,8 @@ corpus, so every run yields the same vocabulary. Used by `talaria_cli.tiny_model
 
 from __future__ import annotations
 
+from talaria_cli.tiny_chat_templates import _CONTENT
+
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -17,14 +19,7 @@ TOKENIZER_VOCAB = 1024  # including the 256 byte symbols and the 3 special token
 # which only the text parts are rendered. No default system prompt is injected.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}"
-    "{{- message['content'] -}}"
-    "{%- elif message['content'] is not none -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}" + _CONTENT +
     "{{- '<|im_end|>\\n' -}}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"

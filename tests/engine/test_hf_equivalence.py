@@ -15,10 +15,10 @@ import os
 import pytest
 import torch
 
+from batch_runs import run_all
 from talaria_proxy.cloud_session import CloudSession
 from talaria_proxy.model import SeqChunk
 from talaria_proxy.runtime import build_runtime
-from talaria_proxy.sampling import SamplingParams
 
 NUM_PROMPTS = 20
 NEW_TOKENS = 64
@@ -45,15 +45,7 @@ def hf_reference(model_dir, prompts):
 
 
 async def engine_tokens(rt, prompts):
-    await rt.engine.start()
-    try:
-        async def one(p):
-            params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
-            return [ev.token.token_id async for ev in rt.engine.generate(p, params)]
-
-        return await asyncio.gather(*[one(p) for p in prompts])
-    finally:
-        await rt.engine.stop()
+    return await run_all(rt, prompts, max_tokens=NEW_TOKENS)
 
 
 def teacher_forced_logits(rt, prompts, refs) -> list[torch.Tensor]:
