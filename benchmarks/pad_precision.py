@@ -80,6 +80,7 @@ def pad_errors(service, sides: dict) -> dict:
     import torch
 
     from benchmarks.precision import rel_error
+    from cloud_backend.ring_kernel import dense_weights
     from talaria_proxy.pads.dealer import DealerSource
     from talaria_proxy.pads.pool import PadPool
     from talaria_proxy.pads.source import PadShape
@@ -110,7 +111,7 @@ def pad_errors(service, sides: dict) -> dict:
                 y64 = torch.ldexp(prod.double(), -(f[:, None] + g[None, :]).double())
                 y32 = y64.float()  # = decode_rows: what the model gets
                 x_bar, _ = encode_rows(x, specs[op].w_norm_bits, specs[op].bias, specs[op].bias_bits)
-                exact = exact and _spot_check(x_bar, service.kernel.ops[op].w_bar, prod)
+                exact = exact and _spot_check(x_bar, dense_weights(service.kernel.ops[op].w_bar), prod)
                 res[name] = {"pad": {"rel": rel_error(y64, ref), "row_max": row_errors(y64, ref)},
                              "pad_float32_out": {"rel": rel_error(y32, ref), "row_max": row_errors(y32, ref)},
                              "float32": data["float32"]}

@@ -115,12 +115,13 @@ def ring_lines(m: dict) -> list[str]:
         for key in (k for k in v if k.startswith("rows=")):
             r = v[key]
             rows.append([kind, f"{v['d']}x{v['o']}", int(key.split("=")[1]), r["float32_ms"], r["float64_ms"],
-                         r.get("ring_ref_ms"), r["ring_ms"], r["ring_over_float32"], r["ring_over_float64"],
+                         r.get("ring_ref_ms"), r.get("ring_blas_ms"), r["ring_ms"], r["ring_over_float32"], r["ring_over_float64"],
                          ratio(r.get("ring_ref_ms"), r["ring_ms"]) if r.get("ring_ref_ms") else None])
     return ["Ring kernel micro-measurement (exact v = u W_bar mod t against float GEMMs of the op shapes, d counting "
             f"the folded-bias row; one thread; weights swept from memory). Prediction, written before measuring: "
             f"{ring['prediction']}. Kernel: {ring.get('kernel')}; 'ring (ref)' is the first formulation (unsigned "
-            "limbs, torch GEMM), 'ring' the one the cloud runs; both exact, checked equal here and against Python "
+            "limbs, torch GEMM), 'ring (BLAS)' signed limbs on a float64 W_bar with OpenBLAS (the kernel without a C "
+            "compiler, and on CUDA), 'ring' the one the cloud runs; all exact, checked equal here and against Python "
             "integers in tests.", "",
-            markdown_table(["op", "d x o", "rows", "float32 ms", "float64 ms", "ring (ref) ms", "ring ms",
+            markdown_table(["op", "d x o", "rows", "float32 ms", "float64 ms", "ring (ref) ms", "ring (BLAS) ms", "ring ms",
                             "ring / float32", "ring / float64", "speed-up over ref"], rows), ""]

@@ -43,6 +43,7 @@ import re
 import torch
 
 from cloud_backend.kernels import LinearCallError
+from cloud_backend.ring_kernel import NativeWeights, column_range
 from talaria_wire import OpKey, WireFormatError, decode_tensors, encode_tensors, ntt
 from talaria_wire.he_params import (DELTA, N, REQUEST_FIELDS, TAIL, expand_uniform, gaussian, max_answer_cols,
                                     request_cap, ternary)
@@ -74,8 +75,8 @@ def _limb_layout(d: int) -> tuple[int, int]:
     return bits, -(-COEFF_BITS // bits)
 
 
-def _check_gemm(w_bar: torch.Tensor, halves: torch.Tensor) -> None:
-    if w_bar.dtype != torch.float64:
+def _check_gemm(w_bar, halves: torch.Tensor) -> None:
+    if not isinstance(w_bar, NativeWeights) and w_bar.dtype != torch.float64:
         raise ValueError(f"w_bar must be float64 (exact integers), got {w_bar.dtype}")
     if halves.shape[0] != w_bar.shape[0]:
         raise ValueError(f"{halves.shape[0]} ciphertexts for an op with d = {w_bar.shape[0]}")
@@ -94,7 +95,11 @@ def matmul_block(w_bar: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
     p = _P.to(device)  # [P, 1]: broadcasts over [..., P, c]
     # limbs side by side: one GEMM reads W_bar once for all primes, halves and limbs
     cols = torch.cat([((block >> (bits * k)) & mask).to(torch.float64).reshape(d, -1) for k in range(limbs)], dim=1)
-    prods = (w_bar.t() @ cols).to(torch.int64).view(o, limbs, h, p_count, width)  # exact: |.| < 2^53
+    if isinstance(w_bar, NativeWeights):  # the native CPU kernel (float32-held W_bar): [L, o] products
+        prods = w_bar.products(cols.t()).to(torch.int64).t().contiguous()
+    else:
+        prods = (w_bar.t() @ cols).to(torch.int64)
+    prods = prods.view(o, limbs, h, p_count, width)  # exact: |.| < 2^53
     acc = torch.remainder(prods[:, 0], p)
     for k in range(1, limbs):
         shift = torch.tensor([pow(2, bits * k, q) for q in PRIMES], dtype=torch.int64, device=device)[:, None]
@@ -168,7 +173,7 @@ def he_answer(w_bar: torch.Tensor, seed: bytes, b: torch.Tensor, pk_seed: bytes,
     k0, k1 = cols or (0, w_bar.shape[1])
     a_hat = expand_uniform(seed, "a", d, n)  # [d, P, N], the same stream the CVM drew
     halves = torch.stack([a_hat, b], dim=1)  # [d, 2, P, N]
-    answers = ciphertext_matmul(w_bar[:, k0:k1], halves)
+    answers = ciphertext_matmul(column_range(w_bar, k0, k1), halves)
     rerandomise(answers, pk_seed, pk_b)
     answers = answers.to(torch.int32).cpu()
     return answers[:, 0].contiguous(), answers[:, 1].contiguous()
@@ -270,7 +275,7 @@ async def serve(compute, service, name: str, body: bytes) -> bytes:
     blocks over the coefficient axis, re-randomisation in groups of answers), so that the online
     calls the same thread serves run in between instead of waiting for a whole batch."""
     fp, halves, (k0, k1), pk_seed, pk_b = await compute.run(parse_request, service, name, body)
-    w_bar = fp.w_bar[:, k0:k1]
+    w_bar = column_range(fp.w_bar, k0, k1)
     answers = torch.empty((k1 - k0, *halves.shape[1:]), dtype=torch.int64, device=w_bar.device)
     chunk = coeff_chunk(k1 - k0, fp.d)
 

@@ -21,7 +21,7 @@ import torch
 from cloud_backend.checkpoint import PreparedModel
 from cloud_backend.fixed_weights import FixedPointOp, digest_update, fixed_point_op
 from cloud_backend.kernels import Kernel, LinearCallError
-from cloud_backend.ring_kernel import ring_matmul
+from cloud_backend.ring_kernel import kernel_name, prepare_weights, ring_matmul
 from talaria_wire import RingSpec
 from talaria_wire.ops import all_op_keys
 from talaria_wire.ring import PRIMES, RING_PRIMES, SEED_BYTES, T, W_BITS, in_ring, pad_rows
@@ -43,11 +43,13 @@ class PadKernel(Kernel):
             dev = device or lw.weight.device
             self.ops[key.name] = fp = fixed_point_op(lw.weight, lw.bias, dev)
             digest_update(digest, key.name, fp)
+            fp.w_bar = prepare_weights(fp.w_bar)  # float32 blocks for the native CPU kernel, else float64
             # the float weights are not needed any more: keep their shape only
             lw.weight = torch.empty(lw.weight.shape, device="meta")
             lw.bias = None if lw.bias is None else torch.empty(lw.bias.shape, device="meta")
         self._digest = digest.hexdigest()[:16]
-        log.info("fixed-point weights of %d ops in %.1fs", len(self.ops), time.monotonic() - t0)
+        log.info("fixed-point weights of %d ops in %.1fs; ring kernel: %s", len(self.ops), time.monotonic() - t0,
+                 kernel_name(next(iter(self.ops.values())).w_bar))
 
     def input_dim(self, name):
         return self.ops[name].d

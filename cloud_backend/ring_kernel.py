@@ -31,12 +31,15 @@ import os
 
 import torch
 
+from cloud_backend import ring_native
+from cloud_backend.ring_native import NativeWeights
 from talaria_wire.ring import HALF_T, RING_PRIMES, T, W_BITS, crt_to_t, limb_bits, mulmod
 
 RESIDUE_BITS = 62  # t < 2^62
 FLOAT64_EXACT = 1 << 53
 BLAS_MAX_ROWS = 512  # stacked limb rows up to which OpenBLAS runs (decode, dealer blocks); beyond, both are alike
 KERNEL = "signed float64 limbs, OpenBLAS for small stacks"
+NATIVE_KERNEL = "signed float64 limbs, W_bar streamed as float32 (ring_native.c)"
 
 
 def signed_limb_bits(d: int, value_bits: int = W_BITS) -> int:
@@ -75,11 +78,39 @@ def ring_limbs(u: torch.Tensor, k: int, bits: int, signed: bool) -> torch.Tensor
     return ((c.unsqueeze(0) >> shifts) & mask) - half
 
 
-def ring_matmul(u: torch.Tensor, w_bar: torch.Tensor, limb: int | None = None) -> torch.Tensor:
-    """u [N, d] int64 in [0, t), w_bar [d, o] float64 exact integers |.| <= 2^23 -> u W_bar mod t [N, o] int64.
+def prepare_weights(w_bar: torch.Tensor) -> "torch.Tensor | NativeWeights":
+    """W_bar as the cloud serves it: float32 blocks for the native CPU kernel when it builds
+    (ring_native.py), else the float64 tensor for the BLAS / CUDA path."""
+    if w_bar.device.type == "cpu" and ring_native.library() is not None:
+        return NativeWeights(w_bar)
+    return w_bar.to(torch.float64)
+
+
+def kernel_name(w_bar) -> str:
+    if isinstance(w_bar, NativeWeights):
+        return NATIVE_KERNEL
+    why = ring_native.unavailable_reason()
+    return KERNEL + (f" (native kernel unavailable: {why})" if why and w_bar.device.type == "cpu" else "")
+
+
+def column_range(w_bar, k0: int, k1: int):
+    """Columns k0:k1 of W_bar in either form (a view)."""
+    return w_bar.columns(k0, k1) if isinstance(w_bar, NativeWeights) else w_bar[:, k0:k1]
+
+
+def dense_weights(w_bar) -> torch.Tensor:
+    return w_bar.dense() if isinstance(w_bar, NativeWeights) else w_bar
+
+
+def ring_matmul(u: torch.Tensor, w_bar, limb: int | None = None) -> torch.Tensor:
+    """u [N, d] int64 in [0, t), w_bar [d, o] exact integers |.| <= 2^23 (a float64 tensor or
+    NativeWeights) -> u W_bar mod t [N, o] int64.
     `limb` (the unsigned width of `ring_matmul_limbs`) is accepted and unused: the plan follows from d."""
     n, d = u.shape
     k, bits, signed = limb_plan(d)
+    if isinstance(w_bar, NativeWeights):
+        digits = ring_limbs(u.cpu(), k, bits, signed).to(torch.float64)  # [k, N, d]
+        return w_bar.matmul_mod_t(digits, k, bits, T)
     digits = ring_limbs(u.to(w_bar.device), k, bits, signed)  # [k, N, d]
     prods = _gemm(digits.view(k * n, d).to(torch.float64), w_bar)  # [k N, o]; exact: |.| < 2^53
     return _combine(prods.to(torch.int64).view(k, n, -1), bits).cpu()

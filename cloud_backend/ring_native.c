@@ -1,0 +1,115 @@
+/* The ring kernel's CPU hot path: exact float64 products of limb rows with W_bar held in float32.
+ *
+ * W_bar's entries are integers |w| <= 2^23, exact in float32 (24-bit significand), so the weights
+ * are stored and streamed from memory at float32's 4 bytes instead of float64's 8, and widened to
+ * float64 in registers. x holds limb digits (exact float64 integers) chosen by the caller so that
+ * every partial sum stays below 2^53: then each accumulation is exact in any order, FMA or not,
+ * and the result equals the integer product (tests/cloud/test_ring_native.py checks it against
+ * Python integers at the bounds).
+ *
+ * Layout: W_bar [d, o] is cut into column blocks of CB = 64: w[nb][d][CB] (the last block padded
+ * with zeros), so a block is one contiguous stream. For each block, tiles of up to 3 limb rows x 64
+ * columns keep their 24 accumulators (8 doubles each) in registers while the block's d rows stream
+ * by; with AVX-512 a tile is 24 of the 32 vector registers. GCC vector extensions, no intrinsics:
+ * the same source builds for any x86-64 or ARM target (-march=native at first use).
+ *
+ * ring_matmul_blocks additionally folds the k limb products of each row into one residue mod t:
+ *   v = sum_i P_i 2^(bits i) mod t, |P_i| < 2^53,
+ * by Horner's rule without division: acc <- acc 2^bits + P_i - q t, where q = round(. / t) comes
+ * from the float64 value of acc 2^bits + P_i (relative error ~2^-52, so for bits <= 40 q is off by
+ * at most one near a half-integer and the true new acc lies within t/2 (1 + 2^-11) of 0), and the
+ * exact value is computed mod 2^64 (unsigned wrap-around), where it reads correctly as a signed
+ * 64-bit integer. The caller keeps |P_i| < 2^53 and bits <= 40; the result is moved into [0, t). */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CB 64
+
+typedef double v8d __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+
+static inline v8d splat(double a) { return (v8d){a, a, a, a, a, a, a, a}; }
+
+/* p[r][0:CB] = sum_i x[r][i] wb[i][0:CB] for r < RT; x rows ldx apart, p rows CB apart. */
+#define DEFINE_TILE(RT)                                                                     \
+    static void tile##RT(const double *x, long d, long ldx, const float *wb, double *p) { \
+        v8d acc[RT][8];                                                                     \
+        for (int r = 0; r < RT; r++)                                                        \
+            for (int c = 0; c < 8; c++) acc[r][c] = splat(0.0);                             \
+        for (long i = 0; i < d; i++) {                                                      \
+            const float *wi = wb + i * CB;                                                  \
+            v8d xs[RT];                                                                     \
+            for (int r = 0; r < RT; r++) xs[r] = splat(x[r * ldx + i]);                     \
+            for (int c = 0; c < 8; c++) {                                                   \
+                v8f wf;                                                                     \
+                memcpy(&wf, wi + 8 * c, sizeof wf);                                         \
+                v8d wv = __builtin_convertvector(wf, v8d);                                  \
+                for (int r = 0; r < RT; r++) acc[r][c] += xs[r] * wv;                       \
+            }                                                                               \
+        }                                                                                   \
+        for (int r = 0; r < RT; r++)                                                        \
+            for (int c = 0; c < 8; c++) memcpy(p + r * CB + 8 * c, &acc[r][c], sizeof(v8d)); \
+    }
+
+DEFINE_TILE(1)
+DEFINE_TILE(2)
+DEFINE_TILE(3)
+
+/* p [R][CB] = x [R][d] times block wb [d][CB]. */
+static void block_products(const double *x, long rows, long d, const float *wb, double *p) {
+    long r = 0;
+    for (; r + 3 <= rows; r += 3) tile3(x + r * d, d, d, wb, p + r * CB);
+    if (rows - r == 2) tile2(x + r * d, d, d, wb, p + r * CB);
+    if (rows - r == 1) tile1(x + r * d, d, d, wb, p + r * CB);
+}
+
+/* out [R][ldo] (float64) columns of blocks b0..b1-1 (the last one cut at o) = x [R][d] W_bar. */
+int ring_gemm_f32(const double *x, long rows, long d, const float *w, long b0, long b1, long o,
+                  double *out, long ldo) {
+    double *p = aligned_alloc(64, (size_t)rows * CB * sizeof(double));
+    if (!p) return -1;
+    for (long b = b0; b < b1; b++) {
+        block_products(x, rows, d, w + (size_t)b * d * CB, p);
+        long cols = o - b * CB < CB ? o - b * CB : CB;
+        for (long r = 0; r < rows; r++) memcpy(out + r * ldo + b * CB, p + r * CB, cols * sizeof(double));
+    }
+    free(p);
+    return 0;
+}
+
+/* out [n][ldo] int64 in [0, t): residues of sum_i P_i 2^(bits i) mod t, where P_i [k][n] are
+ * the limb rows' products (x rows ordered limb-major: row i n_rows + j is limb i of row j). */
+int ring_matmul_blocks(const double *x, long k, long n_rows, long d, const float *w, long b0, long b1,
+                       long o, int bits, int64_t t, int64_t *out, long ldo) {
+    long rows = k * n_rows;
+    double *p = aligned_alloc(64, (size_t)rows * CB * sizeof(double));
+    if (!p) return -1;
+    const double shift = ldexp(1.0, bits);
+    const double inv_t = 1.0 / (double)t;
+    for (long b = b0; b < b1; b++) {
+        block_products(x, rows, d, w + (size_t)b * d * CB, p);
+        long cols = o - b * CB < CB ? o - b * CB : CB;
+        for (long j = 0; j < n_rows; j++) {
+            int64_t *dst = out + j * ldo + b * CB;
+            for (long c = 0; c < cols; c++) {
+                int64_t acc = (int64_t)p[((k - 1) * n_rows + j) * CB + c];
+                for (long i = k - 2; i >= 0; i--) {  /* acc = acc 2^bits + P_i, reduced near 0 */
+                    double v = p[(i * n_rows + j) * CB + c];
+                    int64_t q = (int64_t)llrint(((double)acc * shift + v) * inv_t);
+                    acc = (int64_t)(((uint64_t)acc << bits) + (uint64_t)(int64_t)v - (uint64_t)q * (uint64_t)t);
+                }
+                int64_t r = acc;
+                if (r < 0) r += t;
+                if (r >= t) r -= t;
+                dst[c] = r;
+            }
+        }
+    }
+    free(p);
+    return 0;
+}
+
+long ring_block_cols(void) { return CB; }
