@@ -26,7 +26,7 @@ import torch
 
 from benchmarks.common import load_average
 from cloud_backend import he_kernel
-from cloud_backend.ring_kernel import ring_matmul
+from cloud_backend.ring_kernel import prepare_weights, ring_matmul
 from talaria_proxy.pads import he_keys
 from talaria_wire.he_params import CT_BYTES, N, expand_uniform
 from talaria_wire.ring import PRIMES, SEED_BYTES, T, W_BITS, limb_bits
@@ -64,8 +64,9 @@ def _wall(fn, *args):
 _LAST_CPU = 0.0
 
 
-def _random_w(d: int, o: int) -> torch.Tensor:
-    return torch.randint(-(1 << W_BITS), (1 << W_BITS) + 1, (d, o)).to(torch.float64)
+def _random_w(d: int, o: int):
+    """Random W_bar in the form the cloud serves it (the native kernel's float32 blocks when it builds)."""
+    return prepare_weights(torch.randint(-(1 << W_BITS), (1 << W_BITS) + 1, (d, o)).to(torch.float64))
 
 
 def _full_batch(keys, d: int, o: int) -> dict[str, float]:

@@ -57,6 +57,14 @@ def lift(v: torch.Tensor) -> torch.Tensor:
     return torch.where(v > HALF_T, v - T, v)
 
 
+def lift_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """lift((a + b) mod t) for residues a, b in [0, t), without a division: s = a + b - t lies in
+    [-t, t - 1); add t below -t/2, subtract t above t/2 (a + b < 2^63: no int64 overflow)."""
+    s = a + b
+    s -= T
+    return torch.where(s <= HALF_T - T, s + T, torch.where(s > HALF_T, s - T, s))
+
+
 def in_ring(v: torch.Tensor) -> bool:
     return v.dtype == torch.int64 and bool(((v >= 0) & (v < T)).all())
 

@@ -32,7 +32,7 @@ import torch
 from talaria_proxy.pads.pool import PadPool
 from talaria_proxy.schemes.base import COMPUTE, MaskScheme
 from talaria_wire import Manifest
-from talaria_wire.ring import HALF_T, T, lift
+from talaria_wire.ring import HALF_T, T, lift_sum
 
 PRODUCT_BITS = math.floor(math.log2(HALF_T))  # 60: every |x_bar . w_bar| stays <= 2^60 < t/2
 
@@ -56,9 +56,14 @@ def encode_rows(x: torch.Tensor, w_norm_bits: int, bias: bool, bias_bits: int = 
     return x_bar, f.to(torch.int64)
 
 
-def decode_rows(prod: torch.Tensor, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Exact integer products x_bar W_bar [N, o] -> y [N, o] float32 = prod 2^(-f_i - g_j)."""
-    return torch.ldexp(prod.to(torch.float64), -(f[:, None] + g[None, :]).to(torch.float64)).float()
+def decode_rows(prod: torch.Tensor, f: torch.Tensor, g: torch.Tensor, g_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact integer products x_bar W_bar [N, o] -> y [N, o] float32 = prod 2^(-f_i - g_j).
+    g_scale: 2^(-g) [o] float64 when the caller keeps it (two exact power-of-two scalings instead of
+    a power per entry; the same values as long as nothing leaves float64's normal range)."""
+    if g_scale is None:
+        return torch.ldexp(prod.to(torch.float64), -(f[:, None] + g[None, :]).to(torch.float64)).float()
+    f_scale = torch.ldexp(torch.ones(f.shape, dtype=torch.float64), -f.to(torch.float64))
+    return (prod.to(torch.float64) * g_scale).mul_(f_scale[:, None]).float()
 
 
 class PadScheme(MaskScheme):
@@ -72,12 +77,14 @@ class PadScheme(MaskScheme):
         self.pool = pool
         self._ops = {op.name: op for op in manifest.ops}
         self._col_exp: dict[str, torch.Tensor] = {}  # g [o] int64
+        self._col_scale: dict[str, torch.Tensor] = {}  # 2^(-g) [o] float64
 
     def prepare(self, op, public):
         g = public["col_exp"]
         if g.dtype != torch.int64 or g.shape != (self._ops[op].d_out,):
             raise ValueError(f"op {op}: the cloud's col_exp is {g.dtype} {list(g.shape)}, expected int64 [{self._ops[op].d_out}]")
         self._col_exp[op] = g
+        self._col_scale[op] = torch.ldexp(torch.ones(g.shape, dtype=torch.float64), -g.to(torch.float64))
 
     def mask(self, op, x):
         spec = self._ops[op]
@@ -92,8 +99,8 @@ class PadScheme(MaskScheme):
         v = answers[COMPUTE]
         if v.dtype != torch.int64 or v.shape != rw.shape:
             raise ValueError(f"op {op}: the cloud answered {v.dtype} {list(v.shape)}, expected int64 {list(rw.shape)}")
-        prod = lift(torch.remainder(v + rw, T))  # (x_bar - r) W_bar + r W_bar = x_bar W_bar, exactly
-        return decode_rows(prod, f, self._col_exp[op])
+        prod = lift_sum(v, rw)  # (x_bar - r) W_bar + r W_bar = x_bar W_bar, exactly
+        return decode_rows(prod, f, self._col_exp[op], self._col_scale[op])
 
     def close(self):
         self.pool.close()

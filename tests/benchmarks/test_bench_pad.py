@@ -45,7 +45,7 @@ def test_pad_and_ring_sections_render_in_bench_md(tmp_path):
     result = speed_result()
     result["pad"] = _pad_result()
     result["micro"]["ring"] = {"prediction": ring_micro.PREDICTION, "kernel": "k", "shapes": {
-        "o": {"d": 896, "o": 896, "rows=1": {"float32_ms": 1.0, "float64_ms": 2.0, "ring_ms": 4.0, "ring_ref_ms": 8.0,
+        "o": {"d": 896, "o": 896, "rows=1": {"float32_ms": 1.0, "float64_ms": 2.0, "ring_ms": 4.0, "ring_ref_ms": 8.0, "ring_blas_ms": 6.0,
                                             "ring_over_float32": 4.0, "ring_over_float64": 2.0}}}}
     report = {"mode": "quick", "config": {"prompt_len": 32, "new_tokens": 32},
               "machine": {"cpu": "cpu", "cores": 2, "torch": "x", "cuda": False},
@@ -53,7 +53,7 @@ def test_pad_and_ring_sections_render_in_bench_md(tmp_path):
     md = speed_report.markdown(report)
     assert "1 stream 3x HF's time per token (target <= 3: met)" in md
     assert "50 complete pad sets/s" in md and "1.25x (target > 1: met)" in md
-    assert "| o | 896x896 | 1 | 1 | 2 | 8 | 4 | 4 | 2 | 2 |" in md and "Prediction, written before measuring" in md
+    assert "| o | 896x896 | 1 | 1 | 2 | 8 | 6 | 4 | 4 | 2 | 2 |" in md and "Prediction, written before measuring" in md
     assert "| 1 | 40 | 20 | 5 | 6 | 0 | 2 | 1 | 6 | 2 | 1 | 50% | 25% | 0.5 | 4 |" in md
     assert "| lm_head | lm_head | 32 | 100 | 320 |" in md
     speed_report.plot(report, tmp_path / "bench.png")

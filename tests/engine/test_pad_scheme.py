@@ -163,3 +163,17 @@ def test_a_step_budget_over_the_clouds_row_limit_is_refused_at_start(tiny_model)
     with pytest.raises(ValueError, match="max_batch_tokens 512 is over the cloud's max_rows 64"):
         build_runtime(InProcessCloud(service), "remo")
     build_runtime(InProcessCloud(service), "remo", scheduler=SchedulerConfig(max_batch_tokens=64)).close()
+
+
+def test_lift_sum_and_scaled_decode_equal_their_slow_forms():
+    from talaria_wire.ring import HALF_T, lift, lift_sum
+
+    g = torch.Generator().manual_seed(0)
+    edge = torch.tensor([0, 1, HALF_T - 1, HALF_T, HALF_T + 1, T - 2, T - 1])
+    a = torch.cat([edge.repeat_interleave(7), torch.randint(0, T, (10000,), generator=g)])
+    b = torch.cat([edge.repeat(7), torch.randint(0, T, (10000,), generator=g)])
+    assert torch.equal(lift_sum(a, b), lift(torch.remainder(a + b, T)))
+    prod = torch.randint(-(2**60), 2**60, (3, 500), generator=g)
+    f, col = torch.randint(-40, 60, (3,), generator=g), torch.randint(-5, 130, (500,), generator=g)
+    scale = torch.ldexp(torch.ones(500, dtype=torch.float64), -col.double())
+    assert torch.equal(decode_rows(prod, f, col), decode_rows(prod, f, col, scale))
