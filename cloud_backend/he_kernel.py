@@ -42,6 +42,7 @@ import re
 
 import torch
 
+from cloud_backend import ntt_native
 from cloud_backend.kernels import LinearCallError
 from cloud_backend.ring_kernel import NativeWeights, column_range
 from talaria_wire import OpKey, WireFormatError, decode_tensors, encode_tensors, ntt
@@ -93,13 +94,12 @@ def matmul_block(w_bar: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
     device = w_bar.device
     block = block.to(device)
     p = _P.to(device)  # [P, 1]: broadcasts over [..., P, c]
+    if isinstance(w_bar, NativeWeights):  # the native CPU kernel: limbs, GEMM and reduction mod p in one pass
+        prime_of_m = p.view(1, p_count, 1).expand(h, p_count, width).reshape(-1)  # M = H P c
+        return w_bar.residue_matmul(block.reshape(d, -1), limbs, bits, prime_of_m).view(o, h, p_count, width)
     # limbs side by side: one GEMM reads W_bar once for all primes, halves and limbs
     cols = torch.cat([((block >> (bits * k)) & mask).to(torch.float64).reshape(d, -1) for k in range(limbs)], dim=1)
-    if isinstance(w_bar, NativeWeights):  # the native CPU kernel (float32-held W_bar): [L, o] products
-        prods = w_bar.products(cols.t()).to(torch.int64).t().contiguous()
-    else:
-        prods = (w_bar.t() @ cols).to(torch.int64)
-    prods = prods.view(o, limbs, h, p_count, width)  # exact: |.| < 2^53
+    prods = (w_bar.t() @ cols).to(torch.int64).view(o, limbs, h, p_count, width)  # exact: |.| < 2^53
     acc = torch.remainder(prods[:, 0], p)
     for k in range(1, limbs):
         shift = torch.tensor([pow(2, bits * k, q) for q in PRIMES], dtype=torch.int64, device=device)[:, None]
@@ -153,10 +153,10 @@ def rerandomise(answers: torch.Tensor, pk_seed: bytes, pk_b: torch.Tensor, chunk
     for c0 in range(0, o, chunk):
         m = min(chunk, o - c0)
         small = torch.stack([ternary(m * n).view(m, n), gaussian(m * n).view(m, n)], dim=1).to(device)  # [m, 2, N]: u, e1
-        u_hat, e1_hat = ntt.ntt(torch.remainder(small[:, :, None, :], p), tab).unbind(1)  # [m, P, N] each
+        u_hat, e1_hat = ntt_native.forward(torch.remainder(small[:, :, None, :], p), tab).unbind(1)  # [m, P, N] each
         block = answers[c0 : c0 + m]
         block[:, 0] = torch.remainder(block[:, 0] + ntt.pointwise(u_hat, a_pk, tab) + e1_hat, p)
-        extra = ntt.intt(ntt.pointwise(u_hat, pk_b, tab), tab)
+        extra = ntt_native.inverse(ntt.pointwise(u_hat, pk_b, tab), tab)
         if flood:
             extra = extra + flood_residues(m, n).to(device)
         block[:, 1] = torch.remainder(block[:, 1] + extra, p)

@@ -113,3 +113,79 @@ int ring_matmul_blocks(const double *x, long k, long n_rows, long d, const float
 }
 
 long ring_block_cols(void) { return CB; }
+
+/* As DEFINE_TILE, but the rows are limb `shift` of int64 residues read straight from the
+ * ciphertext block, column-major: row r's coordinate i is (blk[i ldb + r] >> shift) & mask. */
+#define DEFINE_RES_TILE(RT)                                                                           \
+    static void res_tile##RT(const int64_t *blk, long d, long ldb, int shift, int64_t mask, const float *wb, \
+                             double *p) {                                                             \
+        v8d acc[RT][8];                                                                               \
+        for (int r = 0; r < RT; r++)                                                                  \
+            for (int c = 0; c < 8; c++) acc[r][c] = splat(0.0);                                       \
+        for (long i = 0; i < d; i++) {                                                                \
+            const float *wi = wb + i * CB;                                                            \
+            v8d xs[RT];                                                                               \
+            for (int r = 0; r < RT; r++) xs[r] = splat((double)((blk[i * ldb + r] >> shift) & mask)); \
+            for (int c = 0; c < 8; c++) {                                                             \
+                v8f wf;                                                                               \
+                memcpy(&wf, wi + 8 * c, sizeof wf);                                                   \
+                v8d wv = __builtin_convertvector(wf, v8d);                                            \
+                for (int r = 0; r < RT; r++) acc[r][c] += xs[r] * wv;                                 \
+            }                                                                                         \
+        }                                                                                             \
+        for (int r = 0; r < RT; r++)                                                                  \
+            for (int c = 0; c < 8; c++) memcpy(p + r * CB + 8 * c, &acc[r][c], sizeof(v8d));          \
+    }
+
+DEFINE_RES_TILE(1)
+DEFINE_RES_TILE(2)
+DEFINE_RES_TILE(3)
+
+/* The he source's ciphertext GEMM (cloud_backend/he_kernel.py, matmul_block): blk [d][M] int64
+ * residues (M = H P c ciphertext coefficients per input coordinate), cut into unsigned limbs of
+ * `bits` bits on the fly; out [o][M] int64, out[k][m] = sum_j W_bar[j][k] blk[j][m] mod
+ * prime_of_m[m], for the output columns of blocks b0..b1-1 (cut at o). Per limb l the products
+ * P_l = limb_l W_bar are exact in float64 (the caller's limb width keeps them below 2^53), then
+ * Horner's rule mod p with a float64 quotient: acc 2^bits + P_l has |.| < 2^62 for bits <= 31,
+ * its float64 value is off by < 2^10, so floor(. / p) is off by at most one and
+ * r = value - q p lies in [-p, 2p): two conditional corrections give [0, p), exactly. */
+int he_matmul_blocks(const int64_t *blk, long m_count, long d, long limbs, int bits, const float *w, long b0, long b1,
+                     long o, const int64_t *prime_of_m, int64_t *out) {
+    const long mc = 510; /* columns m per pass, a multiple of 3: limbs x 510 x 64 doubles stay in L2 */
+    const int64_t mask = ((int64_t)1 << bits) - 1;
+    double *p = aligned_alloc(64, (size_t)limbs * mc * CB * sizeof(double));
+    if (!p) return -1;
+    for (long b = b0; b < b1; b++) {
+        const float *wb = w + (size_t)b * d * CB;
+        long cols = o - b * CB < CB ? o - b * CB : CB;
+        for (long m0 = 0; m0 < m_count; m0 += mc) {
+            long mn = m_count - m0 < mc ? m_count - m0 : mc;
+            for (long l = 0; l < limbs; l++) {
+                double *pl = p + l * mc * CB;
+                long r = 0;
+                for (; r + 3 <= mn; r += 3) res_tile3(blk + m0 + r, d, m_count, bits * l, mask, wb, pl + r * CB);
+                if (mn - r == 2) res_tile2(blk + m0 + r, d, m_count, bits * l, mask, wb, pl + r * CB);
+                if (mn - r == 1) res_tile1(blk + m0 + r, d, m_count, bits * l, mask, wb, pl + r * CB);
+            }
+            for (long c = 0; c < cols; c++) {
+                int64_t *dst = out + (b * CB + c) * m_count + m0;
+                for (long i = 0; i < mn; i++) {
+                    const int64_t q_p = prime_of_m[m0 + i];
+                    const double inv = 1.0 / (double)q_p;
+                    int64_t acc = 0;
+                    for (long l = limbs - 1; l >= 0; l--) {
+                        int64_t v = acc * ((int64_t)1 << bits) + (int64_t)p[(l * mc + i) * CB + c];
+                        int64_t q = (int64_t)floor((double)v * inv);
+                        int64_t r = v - q * q_p;
+                        if (r < 0) r += q_p;
+                        if (r >= q_p) r -= q_p;
+                        acc = r;
+                    }
+                    dst[i] = acc;
+                }
+            }
+        }
+    }
+    free(p);
+    return 0;
+}

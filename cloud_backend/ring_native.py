@@ -6,103 +6,25 @@ against a float32 GEMV's ~20 at one thread). |W_bar| <= 2^23 is exact in float32
 `ring_native.c` keeps W_bar in float32 column blocks and widens them in registers: the same
 exact products at float32's bytes (results/bench: ring micro section).
 
-The C source is compiled at first use with the system C compiler (`cc`, or $CC) for this CPU
-(-march=native) into a cache directory ($TALARIA_KERNEL_CACHE, else ~/.cache/talaria), keyed by
-the source, the compiler and the CPU, and loaded with ctypes. Without a compiler the cloud logs
-why and keeps the float64 BLAS kernel (exact too, slower); TALARIA_RING_KERNEL=blas asks for that
-one explicitly, =native makes a failed build an error.
+The C source is compiled at first use (cloud_backend/native.py); without a compiler the cloud
+logs why and keeps the float64 BLAS kernel (exact too, slower).
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import logging
-import os
-import shutil
-import subprocess
-import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
+from cloud_backend import native
 
-SOURCE = Path(__file__).with_name("ring_native.c")
-CB = 64  # columns per block (ring_native.c)
+CB = native.RING_BLOCK_COLS  # columns per block (ring_native.c)
 MAX_BITS = 40  # the combine's bound on the limb width (ring_native.c)
-_state: dict = {"lib": None, "tried": False, "why": ""}
-_lock = threading.Lock()
 
 
-def _cpu_key() -> str:
-    try:
-        flags = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(("flags", "Features"))]
-        return flags[0] if flags else os.uname().machine
-    except OSError:
-        return os.uname().machine
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("TALARIA_KERNEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "talaria")
-    path = Path(base)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        if os.access(path, os.W_OK):
-            return path
-    except OSError:
-        pass
-    return Path(tempfile.gettempdir())
-
-
-def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not cc:
-        raise OSError("no C compiler (cc, gcc or clang) on PATH")
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-std=gnu11"]
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags, version, _cpu_key()]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"talaria_ring_native-{key}.so"
-    if not target.exists():
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        done = subprocess.run([cc, *flags, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            raise OSError(f"{cc} failed: {done.stderr.strip()[-400:]}")
-        os.replace(tmp, target)  # atomic: processes building at once each install a whole file
-    lib = ctypes.CDLL(str(target))
-    i64, ptr = ctypes.c_long, ctypes.c_void_p
-    lib.ring_gemm_f32.argtypes = [ptr, i64, i64, ptr, i64, i64, i64, ptr, i64]
-    lib.ring_matmul_blocks.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, i64, ctypes.c_int, ctypes.c_int64, ptr, i64]
-    lib.ring_gemm_f32.restype = lib.ring_matmul_blocks.restype = ctypes.c_int
-    if lib.ring_block_cols() != CB:
-        raise OSError("ring_native.c and ring_native.py disagree on the block width")
-    return lib
-
-
-def library() -> ctypes.CDLL | None:
-    """The compiled kernel, or None (the reason in `unavailable_reason()`), built once per process."""
-    with _lock:
-        if not _state["tried"]:
-            _state["tried"] = True
-            choice = os.environ.get("TALARIA_RING_KERNEL", "auto")
-            if choice == "blas":
-                _state["why"] = "TALARIA_RING_KERNEL=blas"
-            else:
-                try:
-                    _state["lib"] = _build()
-                except (OSError, subprocess.SubprocessError) as exc:
-                    if choice == "native":
-                        raise RuntimeError(f"TALARIA_RING_KERNEL=native, but the kernel does not build: {exc}") from exc
-                    _state["why"] = str(exc)
-                    log.warning("native ring kernel unavailable (%s): the float64 BLAS kernel runs instead (exact, slower)", exc)
-        return _state["lib"]
-
-
-def unavailable_reason() -> str:
-    return _state["why"]
+library = native.library
+unavailable_reason = native.unavailable_reason
 
 
 class NativeWeights:
@@ -175,6 +97,29 @@ class NativeWeights:
 
         _split(run, b1 - b0)
         return torch.from_numpy(out[:, off : off + self.shape[1]])
+
+
+    def residue_matmul(self, block: torch.Tensor, limbs: int, bits: int, prime_of_m: torch.Tensor) -> torch.Tensor:
+        """block [d, M] int64 residues, prime_of_m [M] int64 -> out [o, M] int64 with
+        out[k, m] = sum_j W_bar[j, k] block[j, m] mod prime_of_m[m], through unsigned limbs of
+        `bits` bits (the caller's width keeps every limb product below 2^53)."""
+        if bits > 31:
+            raise ValueError(f"limbs of {bits} bits exceed the he combine's 31")
+        lib = library()
+        blk = np.ascontiguousarray(block.numpy(), dtype=np.int64)
+        m_count = blk.shape[1]
+        primes = np.ascontiguousarray(prime_of_m.numpy(), dtype=np.int64)
+        b0, b1, off = self._block_range()
+        width = (b1 - b0) * CB
+        out = np.empty((width, m_count), dtype=np.int64)
+        blocks = self.blocks[b0:b1]
+
+        def run(c0: int, c1: int) -> int:
+            return lib.he_matmul_blocks(blk.ctypes.data, m_count, self.d, limbs, bits, blocks.ctypes.data, c0, c1,
+                                        width, primes.ctypes.data, out.ctypes.data)
+
+        _split(run, b1 - b0)
+        return torch.from_numpy(out[off : off + self.shape[1]])
 
 
 _pool: dict = {"threads": 0, "executor": None}

@@ -87,10 +87,10 @@ def test_without_a_compiler_the_blas_kernel_serves_and_says_why(tmp_path):
     env = {**os.environ, "CC": "/bin/false", "TALARIA_KERNEL_CACHE": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.startswith("Tensor |") and "native kernel unavailable" in out.stdout
-    assert "native ring kernel unavailable" in out.stderr  # logged, not silent
-    env["TALARIA_RING_KERNEL"] = "native"  # asked for explicitly: a failed build is an error
+    assert "native kernels unavailable" in out.stderr  # logged, not silent
+    env["TALARIA_NATIVE"] = "require"  # asked for explicitly: a failed build is an error
     bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert bad.returncode != 0 and "does not build" in bad.stderr
-    env = {**os.environ, "TALARIA_RING_KERNEL": "blas", "TALARIA_KERNEL_CACHE": str(tmp_path)}
+    assert bad.returncode != 0 and "do not build" in bad.stderr
+    env = {**os.environ, "TALARIA_NATIVE": "off", "TALARIA_KERNEL_CACHE": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.startswith("Tensor |") and "TALARIA_RING_KERNEL=blas" in out.stdout
+    assert out.stdout.startswith("Tensor |") and "TALARIA_NATIVE=off" in out.stdout
