@@ -113,6 +113,11 @@ def build_pad_pool(manifest: Manifest, compute, pad_source: str, dealer, *, capa
         # made), so keep fewer rows per batch (same cloud work, less memory) when the budget asks for it
         row_bytes = sum(8 * (s.d + s.o) for s in shapes.values())
         source = HeSource(shapes, compute, rows=max(1, capacity_bytes // row_bytes // 2))
+        batch_rows = source.max_rows  # N - check_rows
+        if source.rows < batch_rows:  # said once at start: it sets the he source's throughput
+            log.warning("he pad source: pad_pool_mb %d keeps %d of the %d pad rows of each batch (a batch costs the "
+                        "cloud the same work either way); full batches need pad_pool_mb >= %d",
+                        capacity_bytes >> 20, source.rows, batch_rows, -(-(2 * batch_rows * row_bytes) >> 20))
     else:
         raise ValueError(f"unknown pad source {pad_source!r}; expected dealer or he")
     return PadPool(source, [op.name for op in manifest.ops], capacity_bytes=capacity_bytes, timeout=timeout)

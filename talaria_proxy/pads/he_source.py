@@ -84,6 +84,11 @@ class HeSource(PadSource):
     def block_rows(self, op):
         return self.rows
 
+    @property
+    def max_rows(self) -> int:
+        """Pad rows a batch can carry: its N slots less the check rows."""
+        return N - self.check_rows
+
     # -- one batch ---------------------------------------------------------------------------
     def _request(self, op: str, m: torch.Tensor) -> torch.Tensor:
         """Encrypt m [d, N], ask the cloud, decrypt: M [o, N] = (sum_j W_bar[j, k] m_j) mod t."""

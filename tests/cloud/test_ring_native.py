@@ -94,3 +94,21 @@ def test_without_a_compiler_the_blas_kernel_serves_and_says_why(tmp_path):
     env = {**os.environ, "TALARIA_NATIVE": "off", "TALARIA_KERNEL_CACHE": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.startswith("Tensor |") and "TALARIA_NATIVE=off" in out.stdout
+
+
+def test_a_multi_thread_cloud_splits_the_blocks_and_gets_the_same_answer():
+    g = torch.Generator().manual_seed(7)
+    d, o = 200, 64 * 9 + 5  # blocks enough for several threads
+    w = torch.randint(-(2**W_BITS), 2**W_BITS + 1, (d, o), generator=g).double()
+    nw = prepare_weights(w)
+    u = torch.randint(0, T, (3, d), generator=g)
+    single = ring_matmul(u, nw)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(ring_matmul(u, nw), single)
+        x = torch.randint(-(2**20), 2**20, (4, d), generator=g).double()
+        assert torch.equal(nw.products(x), x @ w)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(single, ring_matmul(u, w))

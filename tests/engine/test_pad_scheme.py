@@ -177,3 +177,19 @@ def test_lift_sum_and_scaled_decode_equal_their_slow_forms():
     f, col = torch.randint(-40, 60, (3,), generator=g), torch.randint(-5, 130, (500,), generator=g)
     scale = torch.ldexp(torch.ones(500, dtype=torch.float64), -col.double())
     assert torch.equal(decode_rows(prod, f, col), decode_rows(prod, f, col, scale))
+
+
+def test_an_he_pool_too_small_for_whole_batches_says_so_at_start(pad_clouds, caplog):
+    from talaria_proxy.runtime import build_pad_pool
+
+    compute, _ = pad_clouds()
+    cloud = InProcessCloud(compute)
+    manifest = cloud.manifest()
+    with caplog.at_level("WARNING", logger="talaria_proxy.runtime"):
+        pool = build_pad_pool(manifest, cloud, "he", None, capacity_bytes=16 << 20, timeout=5.0, block_rows=32)
+    try:
+        assert pool.source.rows < pool.source.max_rows
+        assert f"keeps {pool.source.rows} of the {pool.source.max_rows} pad rows" in caplog.text
+        assert "full batches need pad_pool_mb >= " in caplog.text
+    finally:
+        pool.close()
