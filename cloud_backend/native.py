@@ -3,7 +3,8 @@
 `ring_native.c` (the pad scheme's exact ring GEMM with W_bar held in float32) and `ntt_native.c`
 (the negacyclic NTT of the he source's re-randomisation) are compiled together with the system C
 compiler (`cc`, or $CC) for this CPU (-march=native) into a cache directory
-($TALARIA_KERNEL_CACHE, else ~/.cache/talaria, else the temp directory), keyed by the sources, the
+($TALARIA_KERNEL_CACHE, else ~/.cache/talaria, if this user owns it and no one else may write it;
+else a private temporary directory for this process), keyed by the sources, the
 compiler and the CPU, and loaded once per process. Each has a torch reference that gives the same
 results (tests compare them); without a compiler the cloud logs why and runs those instead.
 TALARIA_NATIVE=off asks for the references explicitly; =require makes a failed build an error.
@@ -39,15 +40,18 @@ def _cpu_key() -> str:
 
 
 def _cache_dir() -> Path:
+    """Where the compiled library is kept: a directory of this user's (a shared one, such as /tmp
+    itself, would let another local user plant a library that the cloud then loads)."""
     base = os.environ.get("TALARIA_KERNEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "talaria")
     path = Path(base)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        if os.access(path, os.W_OK):
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = path.stat()
+        if os.access(path, os.W_OK) and st.st_uid == os.getuid() and not st.st_mode & 0o022:
             return path
     except OSError:
         pass
-    return Path(tempfile.gettempdir())
+    return Path(tempfile.mkdtemp(prefix="talaria-native-"))  # private (0700), this process only
 
 
 def _build() -> ctypes.CDLL:

@@ -112,3 +112,17 @@ def test_a_multi_thread_cloud_splits_the_blocks_and_gets_the_same_answer():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(single, ring_matmul(u, w))
+
+
+def test_a_cache_directory_others_may_write_is_not_used(tmp_path, monkeypatch):
+    from cloud_backend import native
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("TALARIA_KERNEL_CACHE", str(shared))
+    private = native._cache_dir()
+    assert private != shared and not private.stat().st_mode & 0o077  # a fresh 0700 directory instead
+    own = tmp_path / "own"
+    monkeypatch.setenv("TALARIA_KERNEL_CACHE", str(own))
+    assert native._cache_dir() == own
