@@ -36,29 +36,27 @@ def _native(a: torch.Tensor, tab: NttTables):
     return native.library() if a.device.type == "cpu" and a.dtype == torch.int64 else None
 
 
-def forward(a: torch.Tensor, tab: NttTables) -> torch.Tensor:
-    """= talaria_wire.ntt.ntt(a, tab): coefficients [..., P, N] -> evaluations, a new tensor."""
+def _transform(a: torch.Tensor, tab: NttTables, inverse: bool) -> torch.Tensor:
     lib = _native(a, tab)
     if lib is None:
-        return ntt.ntt(a, tab)
+        return ntt.intt(a, tab) if inverse else ntt.ntt(a, tab)
     ntt._check(a, tab)
     t = _shoup(tab.n, tab.primes)
     out = a.contiguous().clone()
-    count = out.numel() // (len(tab.primes) * tab.n)
-    lib.ntt_forward(out.data_ptr(), count, len(tab.primes), tab.n, t["psi"].data_ptr(), t["psi_sh"].data_ptr(),
-                    t["primes"].data_ptr())
+    shape = (out.data_ptr(), out.numel() // (len(tab.primes) * tab.n), len(tab.primes), tab.n)
+    if inverse:
+        lib.ntt_inverse(*shape, t["psi_inv"].data_ptr(), t["psi_inv_sh"].data_ptr(), t["primes"].data_ptr(),
+                        t["n_inv"].data_ptr(), t["n_inv_sh"].data_ptr())
+    else:
+        lib.ntt_forward(*shape, t["psi"].data_ptr(), t["psi_sh"].data_ptr(), t["primes"].data_ptr())
     return out
+
+
+def forward(a: torch.Tensor, tab: NttTables) -> torch.Tensor:
+    """= talaria_wire.ntt.ntt(a, tab): coefficients [..., P, N] -> evaluations, a new tensor."""
+    return _transform(a, tab, inverse=False)
 
 
 def inverse(a: torch.Tensor, tab: NttTables) -> torch.Tensor:
     """= talaria_wire.ntt.intt(a, tab): evaluations [..., P, N] -> coefficients, a new tensor."""
-    lib = _native(a, tab)
-    if lib is None:
-        return ntt.intt(a, tab)
-    ntt._check(a, tab)
-    t = _shoup(tab.n, tab.primes)
-    out = a.contiguous().clone()
-    count = out.numel() // (len(tab.primes) * tab.n)
-    lib.ntt_inverse(out.data_ptr(), count, len(tab.primes), tab.n, t["psi_inv"].data_ptr(), t["psi_inv_sh"].data_ptr(),
-                    t["primes"].data_ptr(), t["n_inv"].data_ptr(), t["n_inv_sh"].data_ptr())
-    return out
+    return _transform(a, tab, inverse=True)

@@ -33,26 +33,36 @@ typedef float v8f __attribute__((vector_size(32)));
 
 static inline v8d splat(double a) { return (v8d){a, a, a, a, a, a, a, a}; }
 
-/* p[r][0:CB] = sum_i x[r][i] wb[i][0:CB] for r < RT; x rows ldx apart, p rows CB apart. */
-#define DEFINE_TILE(RT)                                                                     \
-    static void tile##RT(const double *x, long d, long ldx, const float *wb, double *p) { \
-        v8d acc[RT][8];                                                                     \
-        for (int r = 0; r < RT; r++)                                                        \
-            for (int c = 0; c < 8; c++) acc[r][c] = splat(0.0);                             \
-        for (long i = 0; i < d; i++) {                                                      \
-            const float *wi = wb + i * CB;                                                  \
-            v8d xs[RT];                                                                     \
-            for (int r = 0; r < RT; r++) xs[r] = splat(x[r * ldx + i]);                     \
-            for (int c = 0; c < 8; c++) {                                                   \
-                v8f wf;                                                                     \
-                memcpy(&wf, wi + 8 * c, sizeof wf);                                         \
-                v8d wv = __builtin_convertvector(wf, v8d);                                  \
-                for (int r = 0; r < RT; r++) acc[r][c] += xs[r] * wv;                       \
-            }                                                                               \
+/* p[r][0:CB] = sum_i X(r, i) wb[i][0:CB] for r < RT, p rows CB apart; X(r, i) reads row r's
+ * coordinate i (float64 digits, or a limb of int64 residues: the two tile kinds below). */
+#define TILE_BODY(RT, X)                                                                    \
+    v8d acc[RT][8];                                                                         \
+    for (int r = 0; r < RT; r++)                                                            \
+        for (int c = 0; c < 8; c++) acc[r][c] = splat(0.0);                                 \
+    for (long i = 0; i < d; i++) {                                                          \
+        const float *wi = wb + i * CB;                                                      \
+        v8d xs[RT];                                                                         \
+        for (int r = 0; r < RT; r++) xs[r] = splat(X(r, i));                                \
+        for (int c = 0; c < 8; c++) {                                                       \
+            v8f wf;                                                                         \
+            memcpy(&wf, wi + 8 * c, sizeof wf);                                             \
+            v8d wv = __builtin_convertvector(wf, v8d);                                      \
+            for (int r = 0; r < RT; r++) acc[r][c] += xs[r] * wv;                           \
         }                                                                                   \
-        for (int r = 0; r < RT; r++)                                                        \
-            for (int c = 0; c < 8; c++) memcpy(p + r * CB + 8 * c, &acc[r][c], sizeof(v8d)); \
-    }
+    }                                                                                       \
+    for (int r = 0; r < RT; r++)                                                            \
+        for (int c = 0; c < 8; c++) memcpy(p + r * CB + 8 * c, &acc[r][c], sizeof(v8d));
+
+/* rows of float64 limb digits, x rows ldx apart */
+#define X_DIGITS(r, i) x[(r) * ldx + (i)]
+#define DEFINE_TILE(RT) \
+    static void tile##RT(const double *x, long d, long ldx, const float *wb, double *p) { TILE_BODY(RT, X_DIGITS) }
+
+/* limb `shift` of int64 residues read straight from a ciphertext block, column-major */
+#define X_LIMB(r, i) (double)((blk[(i) * ldb + (r)] >> shift) & mask)
+#define DEFINE_RES_TILE(RT)                                                                           \
+    static void res_tile##RT(const int64_t *blk, long d, long ldb, int shift, int64_t mask, const float *wb, \
+                             double *p) { TILE_BODY(RT, X_LIMB) }
 
 DEFINE_TILE(1)
 DEFINE_TILE(2)
@@ -113,29 +123,6 @@ int ring_matmul_blocks(const double *x, long k, long n_rows, long d, const float
 }
 
 long ring_block_cols(void) { return CB; }
-
-/* As DEFINE_TILE, but the rows are limb `shift` of int64 residues read straight from the
- * ciphertext block, column-major: row r's coordinate i is (blk[i ldb + r] >> shift) & mask. */
-#define DEFINE_RES_TILE(RT)                                                                           \
-    static void res_tile##RT(const int64_t *blk, long d, long ldb, int shift, int64_t mask, const float *wb, \
-                             double *p) {                                                             \
-        v8d acc[RT][8];                                                                               \
-        for (int r = 0; r < RT; r++)                                                                  \
-            for (int c = 0; c < 8; c++) acc[r][c] = splat(0.0);                                       \
-        for (long i = 0; i < d; i++) {                                                                \
-            const float *wi = wb + i * CB;                                                            \
-            v8d xs[RT];                                                                               \
-            for (int r = 0; r < RT; r++) xs[r] = splat((double)((blk[i * ldb + r] >> shift) & mask)); \
-            for (int c = 0; c < 8; c++) {                                                             \
-                v8f wf;                                                                               \
-                memcpy(&wf, wi + 8 * c, sizeof wf);                                                   \
-                v8d wv = __builtin_convertvector(wf, v8d);                                            \
-                for (int r = 0; r < RT; r++) acc[r][c] += xs[r] * wv;                                 \
-            }                                                                                         \
-        }                                                                                             \
-        for (int r = 0; r < RT; r++)                                                                  \
-            for (int c = 0; c < 8; c++) memcpy(p + r * CB + 8 * c, &acc[r][c], sizeof(v8d));          \
-    }
 
 DEFINE_RES_TILE(1)
 DEFINE_RES_TILE(2)
