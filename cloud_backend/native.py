@@ -71,9 +71,8 @@ def _build() -> ctypes.CDLL:
         os.replace(tmp, target)  # atomic: processes building at once each install a whole file
     lib = ctypes.CDLL(str(target))
     i64, ptr = ctypes.c_long, ctypes.c_void_p
-    lib.ring_gemm_f32.argtypes = [ptr, i64, i64, ptr, i64, i64, i64, ptr, i64]
     lib.ring_matmul_blocks.argtypes = [ptr, i64, i64, i64, ptr, i64, i64, i64, ctypes.c_int, ctypes.c_int64, ptr, i64]
-    lib.ring_gemm_f32.restype = lib.ring_matmul_blocks.restype = ctypes.c_int
+    lib.ring_matmul_blocks.restype = ctypes.c_int
     lib.he_matmul_blocks.argtypes = [ptr, i64, i64, i64, ctypes.c_int, ptr, i64, i64, i64, ptr, ptr]
     lib.he_matmul_blocks.restype = ctypes.c_int
     lib.ntt_forward.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr]

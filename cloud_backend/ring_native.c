@@ -76,20 +76,6 @@ static void block_products(const double *x, long rows, long d, const float *wb, 
     if (rows - r == 1) tile1(x + r * d, d, d, wb, p + r * CB);
 }
 
-/* out [R][ldo] (float64) columns of blocks b0..b1-1 (the last one cut at o) = x [R][d] W_bar. */
-int ring_gemm_f32(const double *x, long rows, long d, const float *w, long b0, long b1, long o,
-                  double *out, long ldo) {
-    double *p = aligned_alloc(64, (size_t)rows * CB * sizeof(double));
-    if (!p) return -1;
-    for (long b = b0; b < b1; b++) {
-        block_products(x, rows, d, w + (size_t)b * d * CB, p);
-        long cols = o - b * CB < CB ? o - b * CB : CB;
-        for (long r = 0; r < rows; r++) memcpy(out + r * ldo + b * CB, p + r * CB, cols * sizeof(double));
-    }
-    free(p);
-    return 0;
-}
-
 /* out [n][ldo] int64 in [0, t): residues of sum_i P_i 2^(bits i) mod t, where P_i [k][n] are
  * the limb rows' products (x rows ordered limb-major: row i n_rows + j is limb i of row j). */
 int ring_matmul_blocks(const double *x, long k, long n_rows, long d, const float *w, long b0, long b1,

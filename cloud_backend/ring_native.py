@@ -63,22 +63,6 @@ class NativeWeights:
         b0, b1 = self.k0 // CB, -(-self.k1 // CB)
         return b0, b1, self.k0 - b0 * CB
 
-    def products(self, x: torch.Tensor) -> torch.Tensor:
-        """x [R, d] float64 exact integers (limb digits within the exact bound) -> x W_bar [R, o] float64."""
-        lib = library()
-        x = np.ascontiguousarray(x.numpy(), dtype=np.float64)
-        b0, b1, off = self._block_range()
-        width = (b1 - b0) * CB
-        out = np.empty((x.shape[0], width), dtype=np.float64)
-        blocks = self.blocks[b0:b1]  # contiguous: a slice of the leading axis
-
-        def run(c0: int, c1: int) -> int:
-            return lib.ring_gemm_f32(x.ctypes.data, x.shape[0], self.d, blocks.ctypes.data, c0, c1, width,
-                                     out.ctypes.data, width)
-
-        _split(run, b1 - b0)
-        return torch.from_numpy(out[:, off : off + self.shape[1]])
-
     def matmul_mod_t(self, digits: torch.Tensor, k: int, bits: int, t: int) -> torch.Tensor:
         """digits [k, N, d] float64 (limb i of row j at [i, j]) -> sum_i (digits_i W_bar) 2^(bits i) mod t, [N, o] int64."""
         if bits > MAX_BITS:

@@ -1,6 +1,6 @@
 """The native ring kernel (ring_native.c: W_bar held in float32, limb products in float64) is exact:
-it equals Python-integer arithmetic at the bounds, the BLAS kernel on random inputs, column views
-and the raw products the he source uses; without a compiler the cloud says why and keeps BLAS."""
+it equals Python-integer arithmetic at the bounds, the BLAS kernel on random inputs and on column
+views, with one thread or several; without a compiler the cloud says why and keeps BLAS."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_random_inputs_equal_the_blas_kernel_at_every_row_tile():
             assert torch.equal(ring_matmul(u, nw), ring_matmul(u, w))
 
 
-def test_column_views_and_raw_products():
+def test_column_views_equal_the_columns_of_the_full_product():
     g = torch.Generator().manual_seed(6)
     d, o = 300, 200
     w = torch.randint(-(2**W_BITS), 2**W_BITS + 1, (d, o), generator=g).double()
@@ -69,8 +69,6 @@ def test_column_views_and_raw_products():
         assert view.shape == (d, k1 - k0)
         assert torch.equal(ring_matmul(u, view), full[:, k0:k1])
         assert torch.equal(dense_weights(view), w[:, k0:k1])
-    x = torch.randint(-(2**20), 2**20, (7, d), generator=g).double()  # limb digits within the exact bound
-    assert torch.equal(column_range(nw, 5, 150).products(x), x @ w[:, 5:150])
 
 
 def test_weights_that_float32_cannot_hold_are_refused():
@@ -107,8 +105,6 @@ def test_a_multi_thread_cloud_splits_the_blocks_and_gets_the_same_answer():
     torch.set_num_threads(2)
     try:
         assert torch.equal(ring_matmul(u, nw), single)
-        x = torch.randint(-(2**20), 2**20, (4, d), generator=g).double()
-        assert torch.equal(nw.products(x), x @ w)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(single, ring_matmul(u, w))
