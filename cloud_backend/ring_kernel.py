@@ -21,6 +21,11 @@ with Python integers (tests/cloud/test_ring_kernel.py).
 Cost against a float32 GEMM of the same shape: a decode GEMM is bound by weight bytes, float64
 W_bar has twice float32's; a prefill GEMM by multiply-adds: 3-4 limb rows per row at float64's
 half rate. On CUDA the torch path runs in float64 (an H100/H200 has float64 tensor cores).
+
+What the cloud runs on CPU: `prepare_weights` hands W_bar to the native kernel (ring_native.py:
+the same signed limbs and plan, W_bar held in float32 and widened in registers, the limbs folded
+mod t without a division) when it builds; the BLAS formulation here stays as its fallback and
+reference.
 """
 
 from __future__ import annotations
