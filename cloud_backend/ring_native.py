@@ -21,6 +21,7 @@ from cloud_backend import native
 
 CB = native.RING_BLOCK_COLS  # columns per block (ring_native.c)
 MAX_BITS = 40  # the combine's bound on the limb width (ring_native.c)
+HE_MAX_BITS = 31  # he_matmul_blocks' bound: acc 2^bits + P stays below 2^62
 
 
 library = native.library
@@ -59,9 +60,15 @@ class NativeWeights:
         full = torch.from_numpy(self.blocks).transpose(0, 1).reshape(self.d, -1)
         return full[:, self.k0 : self.k1].to(torch.float64)
 
-    def _block_range(self) -> tuple[int, int, int]:
+    def _over_blocks(self, out_shape, call) -> tuple[np.ndarray, int]:
+        """Run `call(blocks_ptr, c0, c1, width, out_ptr)` over the column blocks this view covers
+        (split across threads); out is int64 of out_shape(width). Returns (out, offset of column k0)."""
         b0, b1 = self.k0 // CB, -(-self.k1 // CB)
-        return b0, b1, self.k0 - b0 * CB
+        width = (b1 - b0) * CB
+        out = np.empty(out_shape(width), dtype=np.int64)
+        blocks = self.blocks[b0:b1]  # contiguous: a slice of the leading axis
+        _split(lambda c0, c1: call(blocks.ctypes.data, c0, c1, width, out.ctypes.data), b1 - b0)
+        return out, self.k0 - b0 * CB
 
     def matmul_mod_t(self, digits: torch.Tensor, k: int, bits: int, t: int) -> torch.Tensor:
         """digits [k, N, d] float64 (limb i of row j at [i, j]) -> sum_i (digits_i W_bar) 2^(bits i) mod t, [N, o] int64."""
@@ -70,39 +77,22 @@ class NativeWeights:
         lib = library()
         _, n, d = digits.shape
         x = np.ascontiguousarray(digits.numpy(), dtype=np.float64)
-        b0, b1, off = self._block_range()
-        width = (b1 - b0) * CB
-        out = np.empty((n, width), dtype=np.int64)
-        blocks = self.blocks[b0:b1]
-
-        def run(c0: int, c1: int) -> int:
-            return lib.ring_matmul_blocks(x.ctypes.data, k, n, d, blocks.ctypes.data, c0, c1, width, bits, t,
-                                          out.ctypes.data, width)
-
-        _split(run, b1 - b0)
+        out, off = self._over_blocks(lambda width: (n, width), lambda w, c0, c1, width, o: lib.ring_matmul_blocks(
+            x.ctypes.data, k, n, d, w, c0, c1, width, bits, t, o, width))
         return torch.from_numpy(out[:, off : off + self.shape[1]])
-
 
     def residue_matmul(self, block: torch.Tensor, limbs: int, bits: int, prime_of_m: torch.Tensor) -> torch.Tensor:
         """block [d, M] int64 residues, prime_of_m [M] int64 -> out [o, M] int64 with
         out[k, m] = sum_j W_bar[j, k] block[j, m] mod prime_of_m[m], through unsigned limbs of
         `bits` bits (the caller's width keeps every limb product below 2^53)."""
-        if bits > 31:
-            raise ValueError(f"limbs of {bits} bits exceed the he combine's 31")
+        if bits > HE_MAX_BITS:
+            raise ValueError(f"limbs of {bits} bits exceed the he combine's {HE_MAX_BITS}")
         lib = library()
         blk = np.ascontiguousarray(block.numpy(), dtype=np.int64)
         m_count = blk.shape[1]
         primes = np.ascontiguousarray(prime_of_m.numpy(), dtype=np.int64)
-        b0, b1, off = self._block_range()
-        width = (b1 - b0) * CB
-        out = np.empty((width, m_count), dtype=np.int64)
-        blocks = self.blocks[b0:b1]
-
-        def run(c0: int, c1: int) -> int:
-            return lib.he_matmul_blocks(blk.ctypes.data, m_count, self.d, limbs, bits, blocks.ctypes.data, c0, c1,
-                                        width, primes.ctypes.data, out.ctypes.data)
-
-        _split(run, b1 - b0)
+        out, off = self._over_blocks(lambda width: (width, m_count), lambda w, c0, c1, width, o: lib.he_matmul_blocks(
+            blk.ctypes.data, m_count, self.d, limbs, bits, w, c0, c1, width, primes.ctypes.data, o))
         return torch.from_numpy(out[off : off + self.shape[1]])
 
 
